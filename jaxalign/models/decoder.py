@@ -1,0 +1,255 @@
+"""Llama-family decoder as a Flax NNX module with layer-stacked parameters.
+
+All decoder layers share one set of stacked parameters `[num_layers, ...]` and run
+under `jax.lax.scan`, so a 30-layer model compiles like a 1-layer one and pruning
+a layer is an index deletion. Parameters carry `out_sharding` metadata for the
+mesh axes `fsdp` and `tensor`; `jaxalign.parallel` turns them into shardings.
+
+Shapes: B batch, T query length, S key length (T, or the KV-cache size),
+D hidden, H heads, K kv heads, Dh head dim, F MLP width, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxalign.models.config import ModelConfig
+from jaxalign.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
+
+# Remat policies for the per-layer scan body, selected by name from configs.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_all": jax.checkpoint_policies.everything_saveable,
+}
+
+# name -> (shape builder, sharding names, initialiser kind); shapes exclude the layer axis.
+_LAYER_PARAMS = {
+    "attn_norm": (lambda c: (c.hidden_size,), (None,), "ones"),
+    "q_proj": (lambda c: (c.hidden_size, c.num_heads * c.head_dim), ("fsdp", "tensor"), "normal"),
+    "k_proj": (lambda c: (c.hidden_size, c.num_kv_heads * c.head_dim), ("fsdp", "tensor"), "normal"),
+    "v_proj": (lambda c: (c.hidden_size, c.num_kv_heads * c.head_dim), ("fsdp", "tensor"), "normal"),
+    "o_proj": (lambda c: (c.num_heads * c.head_dim, c.hidden_size), ("tensor", "fsdp"), "normal"),
+    "mlp_norm": (lambda c: (c.hidden_size,), (None,), "ones"),
+    "gate_proj": (lambda c: (c.hidden_size, c.intermediate_size), ("fsdp", "tensor"), "normal"),
+    "up_proj": (lambda c: (c.hidden_size, c.intermediate_size), ("fsdp", "tensor"), "normal"),
+    "down_proj": (lambda c: (c.intermediate_size, c.hidden_size), ("tensor", "fsdp"), "normal"),
+}
+_BIAS_PARAMS = {
+    "q_bias": ("qkv_bias", lambda c: (c.num_heads * c.head_dim,), ("tensor",)),
+    "k_bias": ("qkv_bias", lambda c: (c.num_kv_heads * c.head_dim,), ("tensor",)),
+    "v_bias": ("qkv_bias", lambda c: (c.num_kv_heads * c.head_dim,), ("tensor",)),
+    "o_bias": ("o_bias", lambda c: (c.hidden_size,), (None,)),
+    "gate_bias": ("mlp_bias", lambda c: (c.intermediate_size,), ("tensor",)),
+    "up_bias": ("mlp_bias", lambda c: (c.intermediate_size,), ("tensor",)),
+    "down_bias": ("mlp_bias", lambda c: (c.hidden_size,), (None,)),
+}
+
+
+def _param(rngs: nnx.Rngs, shape, names, kind: str, dtype) -> nnx.Param:
+    if kind == "normal":
+        value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+    elif kind == "ones":
+        value = jnp.ones(shape, jnp.float32)
+    else:
+        value = jnp.zeros(shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), out_sharding=tuple(names), eager_sharding=False)
+
+
+class DecoderLayers(nnx.Module):
+    """Stacked parameters of all decoder layers (leading axis L)."""
+
+    def __init__(self, config: ModelConfig, *, param_dtype, rngs: nnx.Rngs):
+        L = config.num_layers
+        for name, (shape, names, kind) in _LAYER_PARAMS.items():
+            setattr(self, name, _param(rngs, (L, *shape(config)), (None, *names), kind, param_dtype))
+        for name, (flag, shape, names) in _BIAS_PARAMS.items():
+            value = _param(rngs, (L, *shape(config)), (None, *names), "zeros", param_dtype) if getattr(config, flag) else None
+            setattr(self, name, value)
+
+    def arrays(self) -> dict[str, jax.Array]:
+        names = list(_LAYER_PARAMS) + [n for n in _BIAS_PARAMS if getattr(self, n) is not None]
+        return {n: getattr(self, n)[...] for n in names}
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """HF RMSNorm: normalise in float32, cast back, then scale."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def _linear(x, w, b=None):
+    y = jnp.einsum("btd,df->btf", x, w.astype(x.dtype))
+    return y if b is None else y + b.astype(x.dtype)
+
+
+def decoder_layer(config: ModelConfig, p: dict[str, jax.Array], x, cos, sin, mask, cache_kv=None, cache_index=None):
+    """One pre-norm decoder layer.
+
+    x `[B,T,D]`; cos/sin `[B,T,Dh]`; mask bool `[B,1,T,S]`; cache_kv optional
+    (k, v) `[B,S,K,Dh]` written at `cache_index`. Returns (x, (k, v)) where k, v
+    are the keys/values attended to (the updated cache when one is given).
+    """
+    B, T, _ = x.shape
+    H, K, Dh = config.num_heads, config.num_kv_heads, config.head_dim
+    h = rms_norm(x, p["attn_norm"], config.rms_norm_eps)
+    q = _linear(h, p["q_proj"], p.get("q_bias")).reshape(B, T, H, Dh)
+    k = _linear(h, p["k_proj"], p.get("k_bias")).reshape(B, T, K, Dh)
+    v = _linear(h, p["v_proj"], p.get("v_bias")).reshape(B, T, K, Dh)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache_kv is not None:
+        k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), (0, cache_index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), (0, cache_index, 0, 0))
+    attn = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    x = x + _linear(attn.reshape(B, T, H * Dh), p["o_proj"], p.get("o_bias"))
+    h = rms_norm(x, p["mlp_norm"], config.rms_norm_eps)
+    gate = _linear(h, p["gate_proj"], p.get("gate_bias"))
+    up = _linear(h, p["up_proj"], p.get("up_bias"))
+    x = x + _linear(jax.nn.silu(gate) * up, p["down_proj"], p.get("down_bias"))
+    return x, (k, v)
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+    """Causal mask restricted to equal, non-zero segments: bool `[B,1,T,T]`."""
+    T = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((T, T), dtype=bool))
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] != 0)
+    return (causal[None] & same)[:, None]
+
+
+def default_positions(segment_ids: jax.Array) -> jax.Array:
+    """Positions restarting at 0 in each segment `[B,T]` (plain arange for one segment)."""
+    T = segment_ids.shape[1]
+    idx = jnp.arange(T)[None, :]
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return (idx - start_idx).astype(jnp.int32)
+
+
+class Decoder(nnx.Module):
+    """Llama-family causal LM.
+
+    `hidden_states(ids)` -> `[B,T,D]` after the final norm (what the chunked
+    log-prob ops consume); `lm_head_weight()` -> `[D,V]`; `model(ids)` -> float32
+    logits `[B,T,V]` for evaluation and parity checks.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        remat: str = "none",
+        lm_head: bool = True,
+    ):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r} is not one of {', '.join(REMAT_POLICIES)}")
+        self.config = config
+        self.dtype = jnp.dtype(dtype)
+        self.remat = remat
+        D, V = config.hidden_size, config.vocab_size
+        self.embed = _param(rngs, (V, D), ("tensor", "fsdp"), "normal", param_dtype)
+        self.layers = DecoderLayers(config, param_dtype=param_dtype, rngs=rngs)
+        self.final_norm = _param(rngs, (D,), (None,), "ones", param_dtype)
+        untied = lm_head and not config.tie_word_embeddings
+        self.lm_head = _param(rngs, (D, V), ("fsdp", "tensor"), "normal", param_dtype) if untied else None
+
+    def lm_head_weight(self) -> jax.Array:
+        """The output projection `[D, V]` (the transposed embedding when tied)."""
+        if self.lm_head is not None:
+            return self.lm_head[...]
+        return self.embed[...].T
+
+    def _run_layers(self, x, positions, mask, cache=None, cache_index=None):
+        cos, sin = rope_cos_sin(positions, inverse_frequencies(self.config))
+        config = self.config
+
+        if cache is None:
+            def body(carry, p):
+                out, _ = decoder_layer(config, p, carry, cos, sin, mask)
+                return out, None
+            xs = self.layers.arrays()
+        else:
+            def body(carry, inputs):
+                p, k, v = inputs
+                return decoder_layer(config, p, carry, cos, sin, mask, (k, v), cache_index)
+            xs = (self.layers.arrays(), cache["k"], cache["v"])
+
+        policy = REMAT_POLICIES[self.remat]
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        x, kv = jax.lax.scan(body, x, xs)
+        x = rms_norm(x, self.final_norm[...], config.rms_norm_eps)
+        return x, (None if cache is None else {"k": kv[0], "v": kv[1]})
+
+    def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+
+    def hidden_states(self, input_ids, positions=None, segment_ids=None) -> jax.Array:
+        """Final-norm hidden states `[B,T,D]` in the compute dtype.
+
+        segment_ids `[B,T]` (0 = padding) restrict attention to each packed
+        example; positions default to 0.. within each segment.
+        """
+        if segment_ids is None:
+            segment_ids = jnp.ones(input_ids.shape, jnp.int32)
+        if positions is None:
+            positions = default_positions(segment_ids)
+        x, _ = self._run_layers(self.embed_tokens(input_ids), positions, attention_mask(segment_ids))
+        return x
+
+    def __call__(self, input_ids, positions=None, segment_ids=None) -> jax.Array:
+        """Float32 logits `[B,T,V]` (materialised: for evaluation and tests, not training)."""
+        h = self.hidden_states(input_ids, positions, segment_ids)
+        return jnp.einsum("btd,dv->btv", h, self.lm_head_weight().astype(h.dtype), preferred_element_type=jnp.float32)
+
+    # ----------------------------------------------------------------- KV cache
+    def init_cache(self, batch_size: int, cache_size: int, dtype=None) -> dict[str, jax.Array]:
+        """Zeroed KV cache {'k','v'}: `[L, B, S, K, Dh]`."""
+        c = self.config
+        shape = (c.num_layers, batch_size, cache_size, c.num_kv_heads, c.head_dim)
+        dtype = dtype or self.dtype
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+    def forward_cached(self, input_ids, positions, kv_valid, cache, cache_index):
+        """Run T new tokens against the cache; their keys land at `cache_index`.
+
+        input_ids/positions `[B,T]`; kv_valid bool `[B,S]` marks filled, non-padding
+        cache slots *including* the T new ones. Returns (hidden `[B,T,D]`, cache).
+        """
+        T, S = input_ids.shape[1], cache["k"].shape[2]
+        q_slot = cache_index + jnp.arange(T)
+        causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T,S]
+        mask = (causal[None] & kv_valid[:, None, :])[:, None]
+        return self._run_layers(self.embed_tokens(input_ids), positions, mask, cache, cache_index)
+
+
+class ScalarHeadModel(nnx.Module):
+    """Decoder + linear head on the last non-padding token: reward or pairwise difference model.
+
+    Saved as HF `*ForSequenceClassification` with `num_labels=1` (`score.weight`).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, remat="none"):
+        self.config = config
+        self.decoder = Decoder(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, lm_head=False)
+        self.score = _param(rngs, (config.hidden_size, 1), ("fsdp", None), "normal", param_dtype)
+
+    def __call__(self, input_ids, positions=None, segment_ids=None, last_index=None) -> jax.Array:
+        """Scores `[B]` float32 read at `last_index` `[B]` (default: last non-padding token)."""
+        if segment_ids is None:
+            segment_ids = jnp.ones(input_ids.shape, jnp.int32)
+        if last_index is None:
+            T = input_ids.shape[1]
+            last_index = T - 1 - jnp.argmax((segment_ids != 0)[:, ::-1], axis=1)
+        h = self.decoder.hidden_states(input_ids, positions, segment_ids)
+        last = jnp.take_along_axis(h, last_index[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+        return jnp.einsum("bd,do->bo", last, self.score[...].astype(last.dtype), preferred_element_type=jnp.float32)[:, 0]

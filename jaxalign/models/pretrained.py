@@ -1,0 +1,312 @@
+"""`load_pretrained` / `save_pretrained`: HF folders (or hub ids, or GGUF files) <-> NNX models.
+
+Loading builds the model abstractly (no memory), then fills each parameter with
+`jax.make_array_from_callback`: every device reads only its own slice straight
+from the memory-mapped safetensors file, so the host never holds a second copy.
+Saving writes to a temporary sibling folder and renames it into place, so an
+interrupted save leaves no half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from safetensors.numpy import save_file
+
+from jaxalign.models.checkpoint_names import TensorRule, module_param_path, rules_for
+from jaxalign.models.config import SEQUENCE_CLASSIFICATION_ARCHITECTURES, ConfigError, ModelConfig
+from jaxalign.models.decoder import Decoder, ScalarHeadModel
+from jaxalign.models.safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointError, SafetensorsReader
+from jaxalign.parallel.sharding import param_sharding
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+_HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", INDEX_FILE, "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.*"]
+
+
+def resolve_dtype(dtype: Any) -> jnp.dtype:
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+        return jnp.dtype(DTYPES[dtype])
+    return jnp.dtype(dtype)
+
+
+def resolve_model_path(path_or_hub_id: str | os.PathLike) -> Path:
+    """A local folder, a `.gguf` file (imported once into a cache folder), or a hub id."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: GGUF file not found")
+        from jaxalign.models.gguf_import import gguf_to_hf
+
+        stat = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        cache = Path(os.environ.get("JAXALIGN_CACHE", "~/.cache/jaxalign")).expanduser() / "gguf" / f"{path.stem}-{key}"
+        if not (cache / "config.json").is_file():
+            gguf_to_hf(path, cache, overwrite=True)
+        return cache
+    text = str(path_or_hub_id)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(f"{text}: no such model folder (and not a hub id of the form 'org/name')")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
+    except Exception as e:  # network, auth, missing repo: say which and why
+        raise FileNotFoundError(f"{text}: not a local folder, and downloading it from the hub failed: {e}") from e
+
+
+def _get(module: nnx.Module, dotted: str):
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _hf_shape(rule: TensorRule, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+    shape = param_shape[1:] if rule.per_layer else param_shape
+    return tuple(reversed(shape)) if rule.transpose else tuple(shape)
+
+
+def _read_param(reader: SafetensorsReader, rule: TensorRule, shape, dtype, sharding) -> jax.Array:
+    """Fill one (possibly layer-stacked) parameter; each device reads only its slice."""
+    np_dtype = np.dtype(dtype)
+    expected = _hf_shape(rule, shape)
+    names = [rule.hf.format(i=i) for i in range(shape[0])] if rule.per_layer else [rule.hf]
+    for name in names:
+        found = reader.shape(name)
+        if found != expected:
+            raise CheckpointError(
+                f"{reader.location[name]}: tensor {name!r} has shape {list(found)}, expected {list(expected)} "
+                "from config.json"
+            )
+
+    def read_one(name, index):
+        hf_index = tuple(reversed(index)) if rule.transpose else tuple(index)
+        block = reader.read(name, hf_index)
+        return (block.T if rule.transpose else block).astype(np_dtype)
+
+    def callback(index):
+        if not rule.per_layer:
+            return read_one(names[0], index)
+        layers = range(shape[0])[index[0]]
+        return np.stack([read_one(names[i], index[1:]) for i in layers])
+
+    return jax.make_array_from_callback(tuple(shape), sharding, callback)
+
+
+def model_class(head: str):
+    return ScalarHeadModel if head == "score" else Decoder
+
+
+def head_of(architectures: list[str] | None) -> str:
+    """'score' for *ForSequenceClassification checkpoints, else 'lm'."""
+    return "score" if architectures and architectures[0] in SEQUENCE_CLASSIFICATION_ARCHITECTURES else "lm"
+
+
+def load_model(
+    folder: str | Path,
+    *,
+    dtype: Any = "float32",
+    param_dtype: Any = None,
+    mesh: Mesh | None = None,
+    remat: str = "none",
+    head: str | None = None,
+) -> Decoder | ScalarHeadModel:
+    """Model weights from an HF folder; `head` defaults to what config.json says."""
+    folder = Path(folder)
+    config = ModelConfig.from_pretrained(folder)
+    hf = json.loads((folder / "config.json").read_text())
+    head = head or head_of(hf.get("architectures"))
+    reader = SafetensorsReader(folder)
+    compute, storage = resolve_dtype(dtype), resolve_dtype(param_dtype or dtype)
+    cls = model_class(head)
+    model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), dtype=compute, param_dtype=storage, remat=remat))
+    for rule in rules_for(config, head):
+        variable = _get(model, module_param_path(rule, head))
+        value = _read_param(reader, rule, tuple(variable.shape), storage, param_sharding(variable, mesh))
+        variable.set_value(value)
+    known = {r.hf.format(i=i) for r in rules_for(config, head) for i in range(config.num_layers)}
+    unused = [n for n in reader.names() if n not in known and not n.endswith("rotary_emb.inv_freq")]
+    if unused:
+        log.warning("%s: %d checkpoint tensors are not used, e.g. %s", folder, len(unused), unused[:3])
+    reader.close()
+    return model
+
+
+def load_tokenizer(folder: str | Path):
+    """The HF tokenizer saved beside the weights; a clear error when there is none."""
+    folder = Path(folder)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{folder}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer beside the weights"
+        )
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def load_pretrained(
+    path_or_hub_id: str | os.PathLike,
+    dtype: Any = "float32",
+    mesh: Mesh | None = None,
+    *,
+    param_dtype: Any = None,
+    remat: str = "none",
+    head: str | None = None,
+    tokenizer: bool = True,
+):
+    """`(model, tokenizer)` from a local HF folder, a `.gguf` file or a hub id.
+
+    dtype: compute dtype ("float32" | "bfloat16"); param_dtype: storage dtype
+    (defaults to dtype; use "float32" master weights with bfloat16 compute).
+    mesh: place each parameter by its partition annotation on this mesh.
+    """
+    folder = resolve_model_path(path_or_hub_id)
+    model = load_model(folder, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=remat, head=head)
+    return model, (load_tokenizer(folder) if tokenizer else None)
+
+
+# ---------------------------------------------------------------------- saving
+def _host(x: jax.Array) -> np.ndarray:
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def model_tensors(model: Decoder | ScalarHeadModel, dtype: Any = None):
+    """Yield (HF name, numpy array) for every checkpoint tensor of `model`."""
+    head = "score" if isinstance(model, ScalarHeadModel) else "lm"
+    config = model.config
+    for rule in rules_for(config, head):
+        value = _get(model, module_param_path(rule, head))[...]
+        if dtype is not None:
+            value = value.astype(resolve_dtype(dtype))
+        if rule.per_layer:
+            for i in range(config.num_layers):
+                arr = _host(value[i])
+                yield rule.hf.format(i=i), np.ascontiguousarray(arr.T if rule.transpose else arr)
+        else:
+            arr = _host(value)
+            yield rule.hf, np.ascontiguousarray(arr.T if rule.transpose else arr)
+
+
+def _write_weights(tensors, folder: Path, max_shard_bytes: int):
+    shards, current, size = [], {}, 0
+    for name, arr in tensors:
+        if current and size + arr.nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = arr
+        size += arr.nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / SINGLE_FILE), metadata={"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for k, shard in enumerate(shards, 1):
+        fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / fname), metadata={"format": "pt"})
+        for name, arr in shard.items():
+            weight_map[name] = fname
+            total += arr.nbytes
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+
+def commit_folder(tmp: Path, out_dir: Path, overwrite: bool):
+    """Move a finished temporary folder into place (replacing `out_dir` if allowed)."""
+    if out_dir.exists():
+        if not overwrite and any(out_dir.iterdir()):
+            raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
+        trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, trash)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def save_pretrained(
+    model: Decoder | ScalarHeadModel,
+    tokenizer,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: Any = None,
+    max_shard_size: int = 5 * 1024**3,
+    overwrite: bool = False,
+) -> Path:
+    """Write an HF folder (config.json, safetensors, tokenizer) that `transformers` loads.
+
+    dtype: storage dtype of the written tensors (default: the parameters' own).
+    Shards above `max_shard_size` bytes with a `model.safetensors.index.json`.
+    Only process 0 writes on multi-host runs.
+    """
+    out_dir = Path(out_dir)
+    head = "score" if isinstance(model, ScalarHeadModel) else "lm"
+    config = model.config
+    stored = resolve_dtype(dtype) if dtype is not None else jnp.dtype(_get(model, module_param_path(rules_for(config, head)[0], head))[...].dtype)
+    arch = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[config.model_type]
+    arch += "ForSequenceClassification" if head == "score" else "ForCausalLM"
+    tensors = model_tensors(model, dtype)  # generator: gathers every process's part
+    if jax.process_index() != 0:
+        for _ in tensors:
+            pass
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        hf = config.to_hf_dict(architecture=arch, dtype=str(stored))
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf.get(k) is not None}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        _write_weights(tensors, tmp, max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        commit_folder(tmp, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def init_model(config: ModelConfig, *, seed: int = 0, dtype: Any = "float32", param_dtype: Any = None,
+               mesh: Mesh | None = None, remat: str = "none", head: str = "lm"):
+    """A randomly initialised model, each parameter placed by its annotation on `mesh`."""
+    cls = model_class(head)
+    compute, storage = resolve_dtype(dtype), resolve_dtype(param_dtype or dtype)
+
+    def make():
+        return cls(config, rngs=nnx.Rngs(seed), dtype=compute, param_dtype=storage, remat=remat)
+
+    if mesh is None:
+        return make()
+    abstract = nnx.eval_shape(make)
+    graphdef, state = nnx.split(abstract)
+    shardings = jax.tree.map(lambda v: param_sharding(v, mesh), state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+__all__ = ["load_pretrained", "save_pretrained", "load_model", "load_tokenizer", "init_model", "ConfigError", "CheckpointError"]
