@@ -1,0 +1,27 @@
+"""Log-prob primitives that never materialise ``[batch, seq, vocab]`` float32 logits.
+
+- ``token_logprobs``: chunked LM head + log-softmax + target gather.
+- ``sequence_logprobs`` / ``segment_logprobs``: masked per-sequence (or
+  per-packed-segment) sums and means.
+- ``vocab_parallel_token_logprobs`` (inside ``jax.shard_map``) and
+  ``sharded_token_logprobs`` (takes a ``Mesh``): vocab split over ``tensor``.
+- ``token_distill_loss`` / ``token_distill_divergence``: chunked
+  teacher–student divergences (forward/reverse KL, generalised JSD).
+"""
+
+from jaxalign.ops.distill import DIVERGENCES, logits_divergence, token_distill_divergence, token_distill_loss
+from jaxalign.ops.logprobs import compute_logits, segment_logprobs, sequence_logprobs, token_logprobs
+from jaxalign.ops.vocab_parallel import sharded_token_logprobs, vocab_parallel_token_logprobs
+
+__all__ = [
+    "DIVERGENCES",
+    "compute_logits",
+    "logits_divergence",
+    "segment_logprobs",
+    "sequence_logprobs",
+    "sharded_token_logprobs",
+    "token_distill_divergence",
+    "token_distill_loss",
+    "token_logprobs",
+    "vocab_parallel_token_logprobs",
+]

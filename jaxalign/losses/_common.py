@@ -1,0 +1,69 @@
+"""Helpers shared by the loss families: input checks, weighted means, standard metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.ops._validate import check_choice, check_same_shape, check_scalar  # noqa: F401 (re-exported)
+
+Metrics = dict[str, jax.Array]
+
+
+def as_batch(name: str, value: Any) -> jax.Array:
+    """``value`` as a float32 ``[batch]`` array, or ``ValueError`` naming ``name``."""
+    shape = tuple(np.shape(value))
+    if len(shape) != 1:
+        raise ValueError(f"{name} must have shape [batch], got shape {shape}")
+    return jnp.asarray(value).astype(jnp.float32)
+
+
+def batch_args(reference_name: str, reference: Any, **others: Any) -> list[jax.Array | None]:
+    """Check that every array has the shape of ``reference`` ([batch]); return them all as float32.
+
+    ``None`` entries are passed through.
+    """
+    ref = as_batch(reference_name, reference)
+    check_same_shape(reference_name, reference, **others)
+    return [ref] + [None if v is None else jnp.asarray(v).astype(jnp.float32) for v in others.values()]
+
+
+def weighted_mean(per_example: jax.Array, weights: jax.Array | None) -> jax.Array:
+    """``mean_i(w_i * l_i)`` (plain mean when ``weights`` is None)."""
+    if weights is None:
+        return jnp.mean(per_example)
+    return jnp.mean(weights * per_example)
+
+
+def safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
+    """``num / den`` where ``den > 0``, else 0 — NaN-free in value and gradient."""
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def length_normalise(logps: jax.Array, lengths: jax.Array) -> jax.Array:
+    """``logps / lengths`` per sequence; 0 for zero-length responses."""
+    return safe_div(logps, lengths)
+
+
+def reward_metrics(
+    chosen_rewards: jax.Array,
+    rejected_rewards: jax.Array,
+    chosen_logps: jax.Array | None = None,
+    rejected_logps: jax.Array | None = None,
+) -> Metrics:
+    """The ecosystem-standard metrics, as float32 batch means."""
+    metrics = {
+        "rewards/chosen": jnp.mean(chosen_rewards),
+        "rewards/rejected": jnp.mean(rejected_rewards),
+        "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
+        "rewards/accuracies": jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
+    }
+    if chosen_logps is not None:
+        metrics["logps/chosen"] = jnp.mean(chosen_logps)
+    if rejected_logps is not None:
+        metrics["logps/rejected"] = jnp.mean(rejected_logps)
+    return {k: v.astype(jnp.float32) for k, v in metrics.items()}

