@@ -10,3 +10,77 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+# flavour -> (transformers class name, config class name, config overrides)
+TINY_FLAVOURS = {
+    "llama_gqa": ("LlamaForCausalLM", "LlamaConfig", dict(tie_word_embeddings=False)),
+    "qwen2_tied": ("Qwen2ForCausalLM", "Qwen2Config", dict(tie_word_embeddings=True)),
+    "llama3_rope": ("LlamaForCausalLM", "LlamaConfig", dict(
+        tie_word_embeddings=False, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 64})),
+    "llama_linear_rope": ("LlamaForCausalLM", "LlamaConfig", dict(rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "mistral": ("MistralForCausalLM", "MistralConfig", dict(sliding_window=None, head_dim=16)),
+    "llama_bias": ("LlamaForCausalLM", "LlamaConfig", dict(attention_bias=True, mlp_bias=True)),
+    "llama_score": ("LlamaForSequenceClassification", "LlamaConfig", dict(num_labels=1)),
+}
+
+
+def _byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges (every text encodes) and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    template = (
+        "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   additional_special_tokens=["<|user|>", "<|assistant|>"])
+    fast.chat_template = template
+    return fast
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer():
+    return _byte_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_checkpoint(tmp_path_factory):
+    """`make(flavour) -> Path`: a tiny random transformers checkpoint (all weights perturbed) with a tokenizer."""
+    import torch
+    import transformers
+
+    made: dict[str, Path] = {}
+
+    def make(flavour: str) -> Path:
+        if flavour not in made:
+            cls_name, cfg_name, overrides = TINY_FLAVOURS[flavour]
+            config = getattr(transformers, cfg_name)(**{**TINY, **overrides})
+            torch.manual_seed(len(made) + 1)
+            model = getattr(transformers, cls_name)(config).eval()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
+            path = tmp_path_factory.mktemp(flavour) / "model"
+            model.save_pretrained(path)
+            _byte_tokenizer().save_pretrained(path)
+            made[flavour] = path
+        return made[flavour]
+
+    return make
