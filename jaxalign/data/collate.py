@@ -40,7 +40,6 @@ from jaxalign.data.errors import DataError
 
 __all__ = ["Examples", "Collator", "select_bucket"]
 
-Unit = "tuple[int, ...] | None"
 
 
 @dataclass
@@ -270,7 +269,8 @@ class Collator:
         eos = np.asarray([self.eos_id], np.int32)
         B = len(units)
         out = {}
-        for name, first, second in (("fwd", self.ex.chosen, self.ex.rejected), ("bwd", self.ex.rejected, self.ex.chosen)):
+        orders = (("fwd", self.ex.chosen, self.ex.rejected), ("bwd", self.ex.rejected, self.ex.chosen))
+        for name, first, second in orders:
             arrs = self._empty(B, T, f"{name}_", loss_mask=False)
             last = np.zeros((B,), np.int32)
             for r, unit in enumerate(units):

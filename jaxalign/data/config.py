@@ -54,7 +54,9 @@ class DataConfig:
     """Prompt truncation: keep_end (drop the prompt's beginning) | keep_start | error (over-long rows are bad rows)."""
 
     buckets: Optional[List[int]] = None
-    """Padded lengths a batch may take (each batch uses the smallest fitting its longest row); default: powers of two from ``min_bucket`` plus ``max_length``."""
+    """Padded lengths a batch may take (each batch uses the smallest fitting its longest row).
+
+    Default: powers of two from ``min_bucket`` below ``max_length``, plus ``max_length``."""
 
     min_bucket: int = 64
     """Smallest automatic bucket."""
@@ -69,10 +71,13 @@ class DataConfig:
     """error: stop before training listing the bad rows | skip: drop them and report the count."""
 
     use_chat_template: Optional[bool] = None
-    """None: use the tokenizer's chat template for conversational rows; True: also wrap plain-text rows as user/assistant messages; False: never (conversational rows are then an error)."""
+    """None: the tokenizer's chat template for conversational rows only; True: also wrap
+    plain-text rows as user/assistant messages; False: never (conversational rows are an error)."""
 
     add_bos: Optional[bool] = None
-    """Plain-text rows: prepend BOS to the prompt. None: when the tokenizer has a BOS token. Chat templates decide BOS themselves (never doubled)."""
+    """Plain-text rows: prepend BOS to the prompt (None: when the tokenizer has a BOS token).
+
+    Chat templates decide BOS themselves (never doubled)."""
 
     pairwise_a_prefix: str = "\n\nResponse A: "
     """Difference-model template: text between the prompt and the first response."""
@@ -128,7 +133,7 @@ class DataConfig:
         return self.max_segments_per_row if self.packing else 1
 
     def bucket_lengths(self) -> list[int]:
-        """Sorted bucket lengths: the explicit ones, or powers of two >= ``min_bucket`` below ``max_length`` plus ``max_length``."""
+        """Sorted bucket lengths: the explicit ones, or the automatic ones (see ``buckets``)."""
         if self.buckets is not None:
             return sorted(set(int(b) for b in self.buckets))
         out, b = [], 1

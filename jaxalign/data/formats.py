@@ -177,7 +177,7 @@ def _sft(row, row_id):
 
 
 def _chat_sft(row, row_id):
-    if "messages" in row and row.get("messages") is not None or "prompt" not in row:
+    if row.get("messages") is not None or "prompt" not in row:
         msgs = _messages(row, "messages", allow_empty_content=True)
         n = len(msgs)
         while n > 0 and msgs[n - 1]["role"] == "assistant":

@@ -56,7 +56,8 @@ class PrepareReport:
     def summary(self) -> str:
         parts = [
             f"{self.source}: {self.num_rows} rows (format={self.format}, task={self.task}"
-            f"{', chat template' if self.chat_template else ''}) -> {self.num_examples} examples in {self.num_units} rows",
+            f"{', chat template' if self.chat_template else ''}) "
+            f"-> {self.num_examples} examples in {self.num_units} rows",
             f"{self.num_skipped} bad rows skipped",
             f"{self.num_truncated} rows truncated",
         ]
@@ -270,7 +271,9 @@ def _truncate(enc: Encoded, config: DataConfig, pairwise_ids) -> bool:
         return too_long
     if len(prompt) > limit:
         if policy == "error":
-            raise RowError("prompt", f"too long: {len(prompt)} tokens > max_prompt_length {limit} (data.truncation='error')")
+            raise RowError(
+                "prompt", f"too long: {len(prompt)} tokens > max_prompt_length {limit} (data.truncation='error')"
+            )
         prompt = truncate_prompt(prompt, limit, policy)
     room = max_len - len(prompt)
     cut = len(prompt) < len(enc.prompt)
@@ -299,10 +302,14 @@ def _examples(kept: list[Encoded], task: str, extras: tuple[str, ...]) -> Exampl
     prompt, completion, label, row_id = [], [], [], []
     cols: dict[str, list[float]] = {}
     unpaired = bool(kept) and kept[0].record.label is not None
-    names = extras if unpaired else tuple(k for k, (c, _) in _KTO_FROM_PAIR.items() if c in extras)
+    # From pairs, a KTO column exists only when both of its source columns do.
+    names = extras if unpaired else tuple(k for k, (c, r) in _KTO_FROM_PAIR.items() if c in extras and r in extras)
     for e in kept:
         rec = e.record
-        sides = [(e.responses[0], rec.label, 0)] if unpaired else [(e.responses[0], True, 0), (e.responses[1], False, 1)]
+        if unpaired:
+            sides = [(e.responses[0], rec.label, 0)]
+        else:
+            sides = [(e.responses[0], True, 0), (e.responses[1], False, 1)]
         for ids, lab, side in sides:
             prompt.append(e.prompt)
             completion.append(ids)

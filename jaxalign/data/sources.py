@@ -204,8 +204,8 @@ def _load_local(files: list[str], split: str, *, name: str) -> Source:
 
 
 def _row_counts(dataset, files: list[str], lines: list[np.ndarray | None]) -> list[int]:
-    if all(l is not None for l in lines):
-        counts = [len(l) for l in lines]
+    if all(rows is not None for rows in lines):
+        counts = [len(rows) for rows in lines]
         if sum(counts) == len(dataset):
             return counts
     if len(files) == 1:
@@ -228,8 +228,6 @@ def _row_counts(dataset, files: list[str], lines: list[np.ndarray | None]) -> li
 
 
 def _load_compacted(files: list[str], split: str, first: Exception):
-    import datasets
-
     with tempfile.TemporaryDirectory(prefix="jaxalign-data-") as tmp:
         return _load_copies(files, split, first, tmp)
 
@@ -242,7 +240,10 @@ def _load_copies(files: list[str], split: str, first: Exception, tmp: str):
         out = os.path.join(tmp, f"{i:05d}.jsonl")
         with open(path, encoding="utf-8-sig") as src, open(out, "w", encoding="utf-8") as dst:
             text = src.read()
-            rows = json.loads(text) if text.lstrip().startswith("[") else (json.loads(l) for l in text.splitlines() if l.strip())
+            if text.lstrip().startswith("["):
+                rows = json.loads(text)
+            else:
+                rows = (json.loads(line) for line in text.splitlines() if line.strip())
             for row in rows:
                 dst.write(json.dumps(row, ensure_ascii=False) + "\n")
         copies.append(out)

@@ -46,9 +46,7 @@ def prune_layers(model: Decoder | ScalarHeadModel, drop: Sequence[int]):
     def slice_layers(path, value):
         return value[keep] if "layers" in [str(p) for p in path] else value
 
-    state = nnx.State.from_flat_path(
-        {path: v.replace(slice_layers(path, v[...])) for path, v in nnx.to_flat_state(state)}
-    )
+    state = nnx.from_flat_state([(path, v.replace(slice_layers(path, v[...]))) for path, v in nnx.to_flat_state(state)])
     pruned = nnx.merge(graphdef, state)
     for module in (pruned, getattr(pruned, "decoder", None)):
         if module is not None:

@@ -1,0 +1,73 @@
+"""KV-cache generation: equals full-sequence greedy decoding, compiles once, deterministic sampling."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxalign.generation import SamplingParams, generate, generate_ids, sample_tokens
+from jaxalign.generation.sampler import _generate
+from jaxalign.models import load_pretrained
+
+PROMPTS = [[5, 6, 7, 8, 9], [11, 12], list(range(20, 39))]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_hf_checkpoint):
+    return load_pretrained(tiny_hf_checkpoint("llama_gqa"), tokenizer=False)[0]
+
+
+def _full_sequence_greedy(model, prompt, n):
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(jnp.argmax(model(jnp.asarray([seq], jnp.int32))[0, -1])))
+    return seq[len(prompt):]
+
+
+def test_greedy_with_cache_equals_full_sequence_argmax(model):
+    out = generate_ids(model, PROMPTS, max_new_tokens=10, sampling=SamplingParams(temperature=0.0))
+    assert out == [_full_sequence_greedy(model, p, 10) for p in PROMPTS]
+
+
+def test_compiles_once_whatever_max_new_tokens(model):
+    _generate.clear_cache()
+    for n in (3, 9, 17):
+        generate_ids(model, PROMPTS, max_new_tokens=n, sampling=SamplingParams(temperature=0.0))
+    assert _generate._cache_size() == 1
+
+
+def test_sampling_is_deterministic_for_a_seed(model):
+    params = SamplingParams(temperature=1.0, top_k=20, top_p=0.9)
+    a = generate_ids(model, PROMPTS, max_new_tokens=8, sampling=params, seed=7)
+    b = generate_ids(model, PROMPTS, max_new_tokens=8, sampling=params, seed=7)
+    c = generate_ids(model, PROMPTS, max_new_tokens=8, sampling=params, seed=8)
+    assert a == b and a != c
+
+
+def test_stops_at_eos(model):
+    first = generate_ids(model, PROMPTS[:1], max_new_tokens=6, sampling=SamplingParams(0.0))[0]
+    stopped = generate_ids(model, PROMPTS[:1], max_new_tokens=6, sampling=SamplingParams(0.0), eos_token_ids=[first[2]])[0]
+    assert stopped == first[: first.index(first[2]) + 1]
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    keys = [__import__("jax").random.key(i) for i in range(200)]
+    k2 = {int(sample_tokens(logits, k, SamplingParams(1.0, top_k=2))[0]) for k in keys}
+    p07 = {int(sample_tokens(logits, k, SamplingParams(1.0, top_p=0.7))[0]) for k in keys}
+    assert k2 == {0, 1} and p07 == {0, 1}
+
+
+def test_chat_prompts_and_text_decoding(tiny_hf_checkpoint):
+    model, tokenizer = load_pretrained(tiny_hf_checkpoint("llama_gqa"))
+    texts = generate(model, tokenizer, [[{"role": "user", "content": "hi"}], "plain text"], max_new_tokens=5, temperature=0)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_prompt_longer_than_context_is_refused(model):
+    with pytest.raises(ValueError, match=r"prompts\[0\] has 250 tokens; with max_new_tokens=10 it exceeds the model's context of 256"):
+        generate_ids(model, [[3] * 250], max_new_tokens=10)
+
+
+def test_empty_prompt_list_is_refused(model):
+    with pytest.raises(ValueError, match="prompts is empty"):
+        generate_ids(model, [], max_new_tokens=4)
