@@ -12,7 +12,7 @@ COMMANDS = {"convert": convert, "prune": prune}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxalign", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="jaxalign", description="Align and distil language models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         module.add_parser(sub.add_parser(name, help=module.HELP, description=module.__doc__))

@@ -49,12 +49,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "GGUFImportError",
     "SUPPORTED_ARCHITECTURES",
     "SUPPORTED_DTYPES",
     "TENSOR_NAME_TABLE",
-    "gguf_to_hf",
+    "GGUFImportError",
     "gguf_hf_config",
+    "gguf_to_hf",
     "permute_rope_rows",
     "unpermute_rope_rows",
 ]
@@ -163,7 +163,9 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_ARCHS)
 def _check_rope_rows(w: np.ndarray, n_head: int) -> int:
     rows = w.shape[0]
     if n_head <= 0 or rows % (2 * n_head):
-        raise GGUFImportError(f"cannot undo the rotary permutation: {rows} rows do not split into {n_head} heads of even size")
+        raise GGUFImportError(
+            f"cannot undo the rotary permutation: {rows} rows do not split into {n_head} heads of even size"
+        )
     return rows // n_head // 2
 
 
@@ -198,16 +200,14 @@ def _open_reader(path: pathlib.Path):
     if magic != GGUF_MAGIC:
         if len(magic) < len(GGUF_MAGIC) and GGUF_MAGIC.startswith(magic):
             raise GGUFImportError(f"{path} is truncated: {size} bytes, shorter than a GGUF header")
-        raise GGUFImportError(
-            f"{path} is not a GGUF file: it starts with {magic!r}, expected the magic {GGUF_MAGIC!r}"
-        )
+        raise GGUFImportError(f"{path} is not a GGUF file: it starts with {magic!r}, expected the magic {GGUF_MAGIC!r}")
     try:
         import gguf
     except ImportError as e:  # pragma: no cover - gguf is a core dependency
         raise ImportError("importing GGUF files needs the 'gguf' package: pip install gguf") from e
     try:
         reader = gguf.GGUFReader(str(path), "r")
-    except Exception as e:  # noqa: BLE001 - the reader raises ValueError/IndexError/KeyError on damage
+    except Exception as e:  # the reader raises ValueError/IndexError/KeyError on damage
         raise GGUFImportError(
             f"{path} is truncated or corrupt: the GGUF reader failed on its {size} bytes ({type(e).__name__}: {e})"
         ) from e
@@ -258,7 +258,9 @@ def _dequantize(t, path: pathlib.Path) -> np.ndarray:
     try:
         w = gguf.quants.dequantize(t.data, t.tensor_type)
     except NotImplementedError as e:
-        raise GGUFImportError(f"{path}: tensor {t.name!r} has unsupported quantisation type {t.tensor_type.name}") from e
+        raise GGUFImportError(
+            f"{path}: tensor {t.name!r} has unsupported quantisation type {t.tensor_type.name}"
+        ) from e
     w = np.asarray(w, dtype=np.float32).reshape(_tensor_numpy_shape(t))
     return w
 
@@ -304,7 +306,13 @@ def _expected_shapes(cfg: dict, spec: _ArchSpec, *, attn_bias: bool) -> dict[str
             }
         )
         if attn_bias:
-            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,), p + "self_attn.v_proj.bias": (kv,)})
+            shapes.update(
+                {
+                    p + "self_attn.q_proj.bias": (q,),
+                    p + "self_attn.k_proj.bias": (kv,),
+                    p + "self_attn.v_proj.bias": (kv,),
+                }
+            )
             if spec.qkv_bias == "optional":  # HF Llama's attention_bias covers o_proj too
                 shapes[p + "self_attn.o_proj.bias"] = (h,)
     return shapes
@@ -343,7 +351,9 @@ def _plan(path: pathlib.Path, reader, *, dtype: str) -> _Plan:
             raise GGUFImportError(f"{path}: {_REFUSED_TENSORS[t.name]} (tensor {t.name!r})")
         hit = _map_tensor_name(t.name)
         if hit is None:
-            raise GGUFImportError(f"{path}: tensor {t.name!r} has no mapping to a Hugging Face {spec.hf_architecture} weight")
+            raise GGUFImportError(
+                f"{path}: tensor {t.name!r} has no mapping to a Hugging Face {spec.hf_architecture} weight"
+            )
         mapped.append((t, hit[0], hit[1]))
     if "token_embd.weight" not in by_gguf:
         raise GGUFImportError(f"{path}: tensor 'token_embd.weight' is missing")
@@ -363,7 +373,9 @@ def _plan(path: pathlib.Path, reader, *, dtype: str) -> _Plan:
     if v_dim != head_dim:
         raise GGUFImportError(f"{path}: key length {head_dim} != value length {v_dim} is not supported")
     if rope_dim != head_dim:
-        raise GGUFImportError(f"{path}: partial rotary embeddings (rope dim {rope_dim} < head dim {head_dim}) are not supported")
+        raise GGUFImportError(
+            f"{path}: partial rotary embeddings (rope dim {rope_dim} < head dim {head_dim}) are not supported"
+        )
     rope_theta = _f32_decimal(m("rope.freq_base", 10000.0))
     eps = _f32_decimal(m("attention.layer_norm_rms_epsilon"))
     context = int(m("context_length", 2048))
@@ -392,7 +404,12 @@ def _plan(path: pathlib.Path, reader, *, dtype: str) -> _Plan:
         v = _meta(reader, "tokenizer.ggml." + key, None)
         return None if v is None else int(v)
 
-    bos, eos, pad, unk = tok_id("bos_token_id"), tok_id("eos_token_id"), tok_id("padding_token_id"), tok_id("unknown_token_id")
+    bos, eos, pad, unk = (
+        tok_id("bos_token_id"),
+        tok_id("eos_token_id"),
+        tok_id("padding_token_id"),
+        tok_id("unknown_token_id"),
+    )
     stop_ids = [i for i in (eos, tok_id("eot_token_id"), tok_id("eom_token_id")) if i is not None]
     stop_ids = list(dict.fromkeys(stop_ids))
     generation_eos = None if not stop_ids else (stop_ids[0] if len(stop_ids) == 1 else stop_ids)
@@ -454,7 +471,9 @@ def _plan(path: pathlib.Path, reader, *, dtype: str) -> _Plan:
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     if missing:
-        raise GGUFImportError(f"{path}: {len(missing)} weight(s) missing for {spec.hf_architecture}: {', '.join(missing[:5])}")
+        raise GGUFImportError(
+            f"{path}: {len(missing)} weight(s) missing for {spec.hf_architecture}: {', '.join(missing[:5])}"
+        )
     if unexpected:
         raise GGUFImportError(
             f"{path}: {len(unexpected)} tensor(s) unexpected for {spec.hf_architecture} with this config: {', '.join(unexpected[:5])}"
@@ -549,15 +568,19 @@ def _save_tokenizer(plan: _Plan, dest: pathlib.Path) -> None:
                 "imports torch, so converting the tokenizer needs torch installed (the CPU build is enough); "
                 "or pass require_tokenizer=False to import the weights only"
             ) from e
-        except Exception as e:  # noqa: BLE001
-            raise GGUFImportError(f"{plan.path}: transformers could not build the tokenizer: {type(e).__name__}: {e}") from e
+        except Exception as e:
+            raise GGUFImportError(
+                f"{plan.path}: transformers could not build the tokenizer: {type(e).__name__}: {e}"
+            ) from e
 
     tok.model_max_length = plan.config["max_position_embeddings"]
     if plan.chat_template is not None:
         if getattr(tok, "chat_template", None) != plan.chat_template:
             tok.chat_template = plan.chat_template
     else:
-        warnings.warn(f"{plan.path} has no tokenizer.chat_template: the imported tokenizer has no chat template", stacklevel=3)
+        warnings.warn(
+            f"{plan.path} has no tokenizer.chat_template: the imported tokenizer has no chat template", stacklevel=3
+        )
     tok.save_pretrained(str(dest))
 
     # Tidy tokenizer_config.json: drop loader state that transformers saves along, and keep the chat

