@@ -63,8 +63,8 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, max_new_tokens, key, *, 
     head = model.lm_head_weight()
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
     kv_valid = jnp.zeros((B, cache_size), bool).at[:, :P].set(prompt_mask.astype(bool))
-    cache = model.init_cache(B, cache_size)
-    hidden, cache = model.forward_cached(prompt_ids, positions, kv_valid, cache, 0)
+    hidden, cache = model.prefill(prompt_ids, prompt_mask, cache_size)
+    layers = model.unstacked_layers()
 
     def logits_of(h):
         return jnp.einsum("bd,dv->bv", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
@@ -92,7 +92,7 @@ def _generate(graphdef, state, prompt_ids, prompt_mask, max_new_tokens, key, *, 
         done = s["done"] | jnp.isin(tok, eos)
         slot = P + step
         kv_valid = s["kv_valid"].at[:, slot].set(True)
-        h, cache = model.forward_cached(tok[:, None], s["pos"][:, None], kv_valid, s["cache"], slot)
+        h, cache = model.forward_cached(tok[:, None], s["pos"][:, None], kv_valid, s["cache"], slot, layers)
         return dict(
             step=step + 1,
             logits=logits_of(h[:, 0]),

@@ -168,27 +168,24 @@ class Decoder(nnx.Module):
             return self.lm_head[...]
         return self.embed[...].T
 
-    def _run_layers(self, x, positions, mask, cache=None, cache_index=None):
+    def _run_layers(self, x, positions, mask, return_kv: bool = False):
+        """All layers under `lax.scan` over the stacked parameters (training, scoring, prefill).
+
+        Returns final-norm hidden states, and with `return_kv` the stacked keys and
+        values `[L,B,T,K,Dh]` each.
+        """
         cos, sin = rope_cos_sin(positions, inverse_frequencies(self.config))
         config = self.config
 
-        if cache is None:
-            def body(carry, p):
-                out, _ = decoder_layer(config, p, carry, cos, sin, mask)
-                return out, None
-            xs = self.layers.arrays()
-        else:
-            def body(carry, inputs):
-                p, k, v = inputs
-                return decoder_layer(config, p, carry, cos, sin, mask, (k, v), cache_index)
-            xs = (self.layers.arrays(), cache["k"], cache["v"])
+        def body(carry, p):
+            out, kv = decoder_layer(config, p, carry, cos, sin, mask)
+            return out, (kv if return_kv else None)
 
-        policy = REMAT_POLICIES[self.remat]
         if self.remat != "none":
-            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-        x, kv = jax.lax.scan(body, x, xs)
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        x, kv = jax.lax.scan(body, x, self.layers.arrays())
         x = rms_norm(x, self.final_norm[...], config.rms_norm_eps)
-        return x, (None if cache is None else {"k": kv[0], "v": kv[1]})
+        return (x, kv) if return_kv else x
 
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
         return jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
@@ -203,8 +200,7 @@ class Decoder(nnx.Module):
             segment_ids = jnp.ones(input_ids.shape, jnp.int32)
         if positions is None:
             positions = default_positions(segment_ids)
-        x, _ = self._run_layers(self.embed_tokens(input_ids), positions, attention_mask(segment_ids))
-        return x
+        return self._run_layers(self.embed_tokens(input_ids), positions, attention_mask(segment_ids))
 
     def __call__(self, input_ids, positions=None, segment_ids=None) -> jax.Array:
         """Float32 logits `[B,T,V]` (materialised: for evaluation and tests, not training)."""
@@ -212,24 +208,48 @@ class Decoder(nnx.Module):
         return jnp.einsum("btd,dv->btv", h, self.lm_head_weight().astype(h.dtype), preferred_element_type=jnp.float32)
 
     # ----------------------------------------------------------------- KV cache
-    def init_cache(self, batch_size: int, cache_size: int, dtype=None) -> dict[str, jax.Array]:
-        """Zeroed KV cache {'k','v'}: `[L, B, S, K, Dh]`."""
-        c = self.config
-        shape = (c.num_layers, batch_size, cache_size, c.num_kv_heads, c.head_dim)
-        dtype = dtype or self.dtype
-        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    def unstacked_layers(self) -> list[dict[str, jax.Array]]:
+        """Per-layer parameter dicts. Decoding slices them once, outside its loop: on CPU a
+        dynamic slice of the stacked weights is copied at every use, tripling per-token cost."""
+        stacked = self.layers.arrays()
+        return [{k: v[i] for k, v in stacked.items()} for i in range(self.config.num_layers)]
 
-    def forward_cached(self, input_ids, positions, kv_valid, cache, cache_index):
+    def init_cache(self, batch_size: int, cache_size: int, dtype=None) -> list[tuple[jax.Array, jax.Array]]:
+        """Zeroed KV cache: one (k, v) pair `[B, S, K, Dh]` per layer."""
+        c = self.config
+        shape = (batch_size, cache_size, c.num_kv_heads, c.head_dim)
+        dtype = dtype or self.dtype
+        return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(c.num_layers)]
+
+    def prefill(self, input_ids, prompt_mask, cache_size: int):
+        """Run left-padded prompts `[B,P]` (mask 1 on real tokens) through the stacked layers
+        and return (hidden `[B,P,D]`, a KV cache of `cache_size` slots holding them)."""
+        P = input_ids.shape[1]
+        positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
+        hidden, (k, v) = self._run_layers(self.embed_tokens(input_ids), positions, attention_mask(prompt_mask), True)
+        cache = self.init_cache(input_ids.shape[0], cache_size)
+        cache = [(ck.at[:, :P].set(k[i].astype(ck.dtype)), cv.at[:, :P].set(v[i].astype(cv.dtype)))
+                 for i, (ck, cv) in enumerate(cache)]
+        return hidden, cache
+
+    def forward_cached(self, input_ids, positions, kv_valid, cache, cache_index, layers=None):
         """Run T new tokens against the cache; their keys land at `cache_index`.
 
         input_ids/positions `[B,T]`; kv_valid bool `[B,S]` marks filled, non-padding
-        cache slots *including* the T new ones. Returns (hidden `[B,T,D]`, cache).
+        cache slots *including* the T new ones; layers: `unstacked_layers()` (pass
+        it in from outside a decode loop). Returns (hidden `[B,T,D]`, cache).
         """
-        T, S = input_ids.shape[1], cache["k"].shape[2]
+        T, S = input_ids.shape[1], cache[0][0].shape[1]
         q_slot = cache_index + jnp.arange(T)
         causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T,S]
         mask = (causal[None] & kv_valid[:, None, :])[:, None]
-        return self._run_layers(self.embed_tokens(input_ids), positions, mask, cache, cache_index)
+        cos, sin = rope_cos_sin(positions, inverse_frequencies(self.config))
+        x = self.embed_tokens(input_ids)
+        new_cache = []
+        for p, kv in zip(layers if layers is not None else self.unstacked_layers(), cache):
+            x, kv = decoder_layer(self.config, p, x, cos, sin, mask, kv, cache_index)
+            new_cache.append(kv)
+        return rms_norm(x, self.final_norm[...], self.config.rms_norm_eps), new_cache
 
 
 class ScalarHeadModel(nnx.Module):
