@@ -58,7 +58,9 @@ def composite_loss(
     if jnp.ndim(pref_loss) != 0:
         raise ValueError(f"pref_loss must be a scalar, got shape {jnp.shape(pref_loss)}")
     pref = jnp.asarray(pref_loss, jnp.float32)
-    total = pref + _term("kd_loss", "kd_weight", kd_loss, kd_weight) + _term("nll_loss", "nll_weight", nll_loss, nll_weight)
+    total = (
+        pref + _term("kd_loss", "kd_weight", kd_loss, kd_weight) + _term("nll_loss", "nll_weight", nll_loss, nll_weight)
+    )
     sg = jax.lax.stop_gradient
     zero = jnp.zeros((), jnp.float32)
     metrics = dict(pref_metrics)

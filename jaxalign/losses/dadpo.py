@@ -35,7 +35,7 @@ def dadpo_loss(
     Args:
       *_logps: ``[batch]`` summed response log-probs of policy, reference and
         teacher on chosen (teacher sample) and rejected (student sample).
-        Teacher log-probs are stop-gradiented.
+        Reference and teacher log-probs are stop-gradiented.
       beta_ref: β₁ ≥ 0, weight of KL(π‖π_ref).
       beta_teacher: β₂ ≥ 0, weight of KL(π‖π_te); β₁ + β₂ must be > 0.
       weights: optional ``[batch]`` per-pair weights.
@@ -63,7 +63,8 @@ def dadpo_loss(
         teacher_rejected_logps=teacher_rejected_logps,
         weights=weights,
     )
-    tc, tr = jax.lax.stop_gradient(tc), jax.lax.stop_gradient(tr)
+    # Reference and teacher are frozen.
+    rc, rr, tc, tr = (jax.lax.stop_gradient(x) for x in (rc, rr, tc, tr))
     ref_term = beta_ref * ((pc - pr) - (rc - rr))
     teacher_term = beta_teacher * ((pc - pr) - (tc - tr))
     z = ref_term + teacher_term

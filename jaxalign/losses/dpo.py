@@ -9,7 +9,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxalign.ops._validate import concrete_float
 from jaxalign.losses._common import (
     Metrics,
     batch_args,
@@ -19,6 +18,7 @@ from jaxalign.losses._common import (
     reward_metrics,
     weighted_mean,
 )
+from jaxalign.ops._validate import concrete_float
 
 __all__ = ["DPO_LOSS_TYPES", "dpo_loss"]
 
@@ -43,14 +43,15 @@ def dpo_loss(
     Args:
       policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
         ref_rejected_logps: ``[batch]`` summed response log-probs
-        (``sequence_logprobs(..., average=False)``).
+        (``sequence_logprobs(..., average=False)``). Reference log-probs
+        are stop-gradiented (the reference is frozen).
       beta: β > 0.
       loss_type:
-        ``sigmoid``: −(1−ε)·log σ(z) − ε·log σ(−z) (ε = ``label_smoothing``, cDPO; 0 ≤ ε ≤ 0.5);
+        ``sigmoid``: −(1−ε)·log σ(z) − ε·log σ(−z) (ε = ``label_smoothing``, cDPO; 0 ≤ ε < 0.5);
         ``ipo``: (Δ̄_θ − Δ̄_ref − 1/(2β))², Δ̄ from length-averaged log-probs —
           requires ``chosen_lengths`` and ``rejected_lengths``;
         ``hinge``: max(0, 1 − z);
-        ``robust``: (−(1−ε)·log σ(z) + ε·log σ(−z)) / (1 − 2ε), 0 ≤ ε < 0.5.
+        ``robust``: (−(1−ε)·log σ(z) + ε·log σ(−z)) / (1 − 2ε), 0 ≤ ε < 0.5 (ε = 0 is sigmoid DPO).
         ``label_smoothing`` must be 0 for ``ipo`` and ``hinge``.
       weights: optional ``[batch]`` per-pair weights (RDO); loss = mean(w·ℓ).
       chosen_lengths, rejected_lengths: ``[batch]`` response token counts,
@@ -63,12 +64,12 @@ def dpo_loss(
     """
     check_choice("loss_type", loss_type, DPO_LOSS_TYPES)
     check_scalar("beta", beta, positive=True)
-    if loss_type == "sigmoid":
-        check_scalar("label_smoothing", label_smoothing, nonnegative=True, upper=0.5)
-    elif loss_type == "robust":
+    if loss_type in ("sigmoid", "robust"):
         check_scalar("label_smoothing", label_smoothing, nonnegative=True, upper=0.5, upper_inclusive=False)
     elif concrete_float(label_smoothing) not in (None, 0.0):
-        raise ValueError(f"label_smoothing={label_smoothing} is only used by loss_type 'sigmoid' or 'robust', not {loss_type!r}")
+        raise ValueError(
+            f"label_smoothing={label_smoothing} is only used by loss_type 'sigmoid' or 'robust', not {loss_type!r}"
+        )
     pc, pr, rc, rr, w, cl, rl = batch_args(
         "policy_chosen_logps",
         policy_chosen_logps,
@@ -80,6 +81,7 @@ def dpo_loss(
         rejected_lengths=rejected_lengths,
     )
 
+    rc, rr = jax.lax.stop_gradient(rc), jax.lax.stop_gradient(rr)  # the reference is frozen
     eps = label_smoothing
     z = beta * ((pc - pr) - (rc - rr))
     if loss_type == "sigmoid":

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.losses._common import Metrics, as_batch, batch_args, check_scalar, safe_div, weighted_mean
+from jaxalign.losses._common import Metrics, batch_args, check_scalar, safe_div, weighted_mean
 
 __all__ = ["kto_loss"]
 
@@ -31,7 +31,8 @@ def kto_loss(
     loss = mean over the batch of ``w_i · ℓ_i``.
 
     Args:
-      policy_logps, ref_logps: ``[batch]`` summed response log-probs.
+      policy_logps, ref_logps: ``[batch]`` summed response log-probs
+        (``ref_logps`` is stop-gradiented).
       is_desirable: ``[batch]`` bool (True = desirable ``y_w``).
       policy_kl_logps, ref_kl_logps: ``[batch_kl]`` summed log-probs of
         mismatched prompt/response pairs (e.g. responses rotated by one
@@ -65,7 +66,7 @@ def kto_loss(
         pkl, rkl = batch_args("policy_kl_logps", policy_kl_logps, ref_kl_logps=ref_kl_logps)
         z0 = jax.lax.stop_gradient(jnp.maximum(jnp.mean(pkl - rkl), 0.0))
 
-    r = pl - rl
+    r = pl - jax.lax.stop_gradient(rl)  # the reference is frozen
     desirable_losses = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (r - z0)))
     undesirable_losses = undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - r)))
     losses = jnp.where(desirable, desirable_losses, undesirable_losses)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from jaxalign.losses.dadpo import dadpo_loss
 from jaxalign.losses.difference import difference_model_loss

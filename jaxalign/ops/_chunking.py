@@ -10,7 +10,7 @@ residuals scan keeps per chunk are only the chunk's inputs.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ def chunked_over_time(
 ) -> jax.Array:
     """Apply ``body`` to ``[B, C, ...]`` time-chunks of every array in ``xs``; stitch to ``[B, T, ...]``.
 
-    ``xs`` all have leading dims ``[B, T]``. T need not divide ``chunk_size``:
+    ``xs`` all have leading dims ``[B, T]``. ``chunk_size`` need not divide T:
     the arrays are zero-padded to a multiple and the padding is sliced off the
     output (``body`` must therefore be finite on all-zero inputs). ``body``
     returns one array with leading dims ``[B, C]``. Values ``body`` closes
@@ -55,3 +55,20 @@ def chunked_over_time(
     ys = jnp.moveaxis(ys, 0, 1)  # [B, n, C, ...]
     ys = ys.reshape(batch, num_chunks * chunk, *ys.shape[3:])
     return ys[:, :seq]
+
+
+def f32_grad_accumulator(weight: jax.Array) -> tuple[jax.Array, jnp.dtype]:
+    """``(weight as float32, original dtype)`` for a weight every chunk closes over.
+
+    ``lax.scan`` sums a closed-over value's per-chunk gradients in that value's
+    dtype; for a bfloat16 LM head that is one bf16 rounding per chunk (about 1%
+    relative error after 64 chunks). Closing over a float32 copy and casting it
+    back to the original dtype inside the chunk keeps the matmul in bf16 but
+    accumulates the head gradient in float32 (rounded to bf16 once at the end),
+    for the price of one float32 head-sized buffer (measured: +108 MiB of temp
+    memory for a 576 x 49152 head).
+    """
+    dtype = weight.dtype
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return weight.astype(jnp.float32), dtype
+    return weight, dtype

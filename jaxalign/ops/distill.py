@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxalign.ops._chunking import chunked_over_time
+from jaxalign.ops._chunking import chunked_over_time, f32_grad_accumulator
 from jaxalign.ops._validate import check_choice, check_positive_int, check_scalar
 from jaxalign.ops.logprobs import compute_logits
 
@@ -159,10 +159,11 @@ def token_distill_divergence(
     check_positive_int("chunk_size", chunk_size)
     teacher_hidden = lax.stop_gradient(teacher_hidden)
     teacher_head = lax.stop_gradient(teacher_head)
+    head_acc, head_dtype = f32_grad_accumulator(student_head)
 
     def body(hs, ht):
         return logits_divergence(
-            compute_logits(hs, student_head, logit_soft_cap),
+            compute_logits(hs, head_acc.astype(head_dtype), logit_soft_cap),
             compute_logits(ht, teacher_head, logit_soft_cap),
             divergence=divergence,
             temperature=temperature,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.ops._chunking import chunked_over_time
+from jaxalign.ops._chunking import chunked_over_time, f32_grad_accumulator
 from jaxalign.ops._validate import check_positive_int, check_scalar
 
 __all__ = ["compute_logits", "token_logprobs", "sequence_logprobs", "segment_logprobs"]
@@ -91,9 +91,10 @@ def token_logprobs(
     _check_head_inputs(hidden, lm_head, targets, chunk_size, logit_soft_cap)
     vocab = lm_head.shape[1]
     targets = jnp.asarray(targets, jnp.int32)
+    head_acc, head_dtype = f32_grad_accumulator(lm_head)
 
     def body(h, t):
-        logits = compute_logits(h, lm_head, logit_soft_cap)  # [B, C, V] float32
+        logits = compute_logits(h, head_acc.astype(head_dtype), logit_soft_cap)  # [B, C, V] float32
         lse = jax.nn.logsumexp(logits, axis=-1)
         valid = (t >= 0) & (t < vocab)
         picked = gather_last(logits, jnp.where(valid, t, 0))
@@ -152,7 +153,9 @@ def segment_logprobs(
     num_segments = check_positive_int("num_segments", num_segments)
     for name, arr in (("mask", mask), ("segment_ids", segment_ids)):
         if tuple(np.shape(arr)) != tuple(np.shape(token_logps)):
-            raise ValueError(f"{name} has shape {tuple(np.shape(arr))} but token_logps has {tuple(np.shape(token_logps))}")
+            raise ValueError(
+                f"{name} has shape {tuple(np.shape(arr))} but token_logps has {tuple(np.shape(token_logps))}"
+            )
     vals, maskf = _masked_values(token_logps, mask)
     seg = jnp.asarray(segment_ids, jnp.int32)
     # Ids outside 1..K go to the dropped bucket 0 (segment_sum drops out-of-range ids anyway).

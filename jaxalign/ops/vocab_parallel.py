@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-from jaxalign.ops._chunking import chunked_over_time
+from jaxalign.ops._chunking import chunked_over_time, f32_grad_accumulator
 from jaxalign.ops.logprobs import _check_head_inputs, compute_logits, gather_last, token_logprobs
 
 __all__ = ["vocab_parallel_token_logprobs", "sharded_token_logprobs", "BATCH_AXES", "VOCAB_AXIS"]
@@ -56,9 +57,10 @@ def vocab_parallel_token_logprobs(
     vocab = padded_vocab if vocab_size is None else int(vocab_size)
     offset = lax.axis_index(axis_name) * local_vocab
     targets = jnp.asarray(targets, jnp.int32)
+    head_acc, head_dtype = f32_grad_accumulator(lm_head_shard)
 
     def body(h, t):
-        logits = compute_logits(h, lm_head_shard, logit_soft_cap)  # [B, C, V/n]
+        logits = compute_logits(h, head_acc.astype(head_dtype), logit_soft_cap)  # [B, C, V/n]
         if vocab < padded_vocab:
             ids = offset + jnp.arange(local_vocab)
             logits = jnp.where(ids < vocab, logits, -jnp.inf)
