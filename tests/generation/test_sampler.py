@@ -1,5 +1,6 @@
 """KV-cache generation: equals full-sequence greedy decoding, compiles once, deterministic sampling."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,10 +17,13 @@ def model(tiny_hf_checkpoint):
     return load_pretrained(tiny_hf_checkpoint("llama_gqa"), tokenizer=False)[0]
 
 
-def _full_sequence_greedy(model, prompt, n):
+def _full_sequence_greedy(model, prompt, n, width=48):
+    """Re-run the whole sequence for every token (right-padded to one width: causal, one compile)."""
+    logits_at = jax.jit(lambda ids, i: model(ids)[0, i])
     seq = list(prompt)
     for _ in range(n):
-        seq.append(int(jnp.argmax(model(jnp.asarray([seq], jnp.int32))[0, -1])))
+        ids = jnp.asarray([seq + [0] * (width - len(seq))], jnp.int32)
+        seq.append(int(jnp.argmax(logits_at(ids, len(seq) - 1))))
     return seq[len(prompt):]
 
 

@@ -2,6 +2,7 @@
 
 ``smollm2_gguf``    path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` (skips if the package is missing)
 ``smollm2_hf_dir``  that GGUF imported once per session into a float32 Hugging Face folder
+``smollm2_torch_gguf`` transformers' own GGUF loader on the same file (float32, PyTorch)
 """
 
 from __future__ import annotations
@@ -24,3 +25,12 @@ def smollm2_hf_dir(smollm2_gguf, tmp_path_factory):
     from jaxalign.models.gguf_import import gguf_to_hf
 
     return gguf_to_hf(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch_gguf(smollm2_gguf):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")  # transformers needs it for gguf_file=
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32).eval()

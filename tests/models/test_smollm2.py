@@ -13,18 +13,12 @@ PROMPTS = ["The capital of France is", "def add(a, b):\n", "Once upon a time"]
 
 
 @pytest.fixture(scope="module")
-def torch_reference(smollm2_gguf):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype="float32").eval()
-
-
-@pytest.fixture(scope="module")
 def smollm2(smollm2_hf_dir):
     return load_pretrained(smollm2_hf_dir)
 
 
-def test_logits_and_greedy_text_match_transformers_gguf(smollm2, torch_reference):
+def test_logits_and_greedy_text_match_transformers_gguf(smollm2, smollm2_torch_gguf):
+    torch_reference = smollm2_torch_gguf
     model, tokenizer = smollm2
     assert model.config.num_layers == 30 and model.config.tie_word_embeddings
     for prompt in PROMPTS:
@@ -40,9 +34,10 @@ def test_logits_and_greedy_text_match_transformers_gguf(smollm2, torch_reference
         assert ours == ref_new.tolist()[: len(ours)], prompt
 
 
-def test_chat_generation_uses_the_template(smollm2):
+def test_chat_answer_is_sensible(smollm2):
+    """The weights are really SmolLM2's, not only consistent with transformers."""
     from jaxalign import generate
 
     model, tokenizer = smollm2
-    out = generate(model, tokenizer, [[{"role": "user", "content": "What is 2+2?"}]], max_new_tokens=12, temperature=0)
-    assert "4" in out[0]
+    out = generate(model, tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=12, temperature=0)
+    assert "Paris" in out[0]
