@@ -139,8 +139,14 @@ def load_model(
     model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), dtype=compute, param_dtype=storage, remat=remat))
     for rule in rules_for(config, head):
         variable = _get(model, module_param_path(rule, head))
-        value = _read_param(reader, rule, tuple(variable.shape), storage, param_sharding(variable, mesh))
-        variable.set_value(value)
+        sharding = param_sharding(variable, mesh)
+        if rule.param == "score" and rule.hf not in reader:
+            # A causal-LM checkpoint becoming a reward / difference model: fresh scalar head.
+            log.info("%s: no %s in the checkpoint; initialising the scalar head", folder, rule.hf)
+            value = 0.02 * jax.random.normal(jax.random.key(0), variable.shape, jnp.float32)
+            variable.set_value(jax.device_put(value.astype(storage), sharding))
+            continue
+        variable.set_value(_read_param(reader, rule, tuple(variable.shape), storage, sharding))
     known = {r.hf.format(i=i) for r in rules_for(config, head) for i in range(config.num_layers)}
     unused = [n for n in reader.names() if n not in known and not n.endswith("rotary_emb.inv_freq")]
     if unused:

@@ -1,0 +1,29 @@
+"""Models and tokenizers from `ModelSpec`s: checkpoints (HF folder, .gguf, hub id) or random presets."""
+
+from __future__ import annotations
+
+from jax.sharding import Mesh
+
+from jaxalign.config.presets import preset_hf_config
+from jaxalign.config.schema import ConfigError, ModelSpec
+from jaxalign.models import ModelConfig, init_model, load_model, load_tokenizer
+from jaxalign.models.pretrained import resolve_model_path
+
+
+def build_model(spec: ModelSpec, *, key: str, head: str = "lm", mesh: Mesh | None = None, seed: int = 0):
+    """The model a config section describes, placed on `mesh` by its partition rules."""
+    kwargs = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, mesh=mesh, remat=spec.remat, head=head)
+    if spec.path:
+        return load_model(resolve_model_path(spec.path), **kwargs)
+    if spec.preset:
+        return init_model(ModelConfig.from_hf_dict(preset_hf_config(spec.preset), source=f"preset {spec.preset!r}"),
+                          seed=seed, **kwargs)
+    raise ConfigError(f"{key}.path or {key}.preset must be set")
+
+
+def build_tokenizer(spec: ModelSpec, *, key: str):
+    """The tokenizer at `tokenizer` (or beside the weights at `path`)."""
+    source = spec.tokenizer or spec.path
+    if not source:
+        raise ConfigError(f"{key}.tokenizer must be set when {key} is a preset (presets have no tokenizer)")
+    return load_tokenizer(resolve_model_path(source))

@@ -1,0 +1,59 @@
+"""Optax optimizer from `OptimizerConfig`: AdamW or Adafactor, warmup + cosine/linear/constant,
+global-norm clipping, optional frozen embeddings."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from jaxalign.config.schema import OptimizerConfig
+
+
+def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup to `cfg.lr`, then cosine/linear decay to `lr * min_lr_ratio` at `total_steps`."""
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    end = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.min_lr_ratio)
+    elif cfg.schedule == "linear":
+        decay = optax.linear_schedule(cfg.lr, end, decay_steps)
+    elif cfg.schedule == "constant":
+        decay = optax.constant_schedule(cfg.lr)
+    else:
+        raise ValueError(f"optimizer.schedule={cfg.schedule!r} is not one of cosine, linear, constant")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+def freeze_labels(params) -> object:
+    """'freeze' for the input embedding's leaves, 'train' for every other leaf."""
+
+    def label(path, _):
+        names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+        return "freeze" if "embed" in names else "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def build_optimizer(cfg: OptimizerConfig, total_steps: int, params=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(transformation, schedule). Gradient accumulation happens in the train step, not here."""
+    schedule = learning_rate_schedule(cfg, total_steps)
+    if cfg.name == "adamw":
+        core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    elif cfg.name == "adafactor":
+        core = optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None)
+    else:
+        raise ValueError(f"optimizer.name={cfg.name!r} is not one of adamw, adafactor")
+    parts = []
+    if cfg.max_grad_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
+    parts.append(core)
+    tx = optax.chain(*parts)
+    if cfg.freeze_embeddings:
+        if params is None:
+            raise ValueError("optimizer.freeze_embeddings needs the parameter tree")
+        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, freeze_labels(params))
+    return tx, schedule
+

@@ -1,0 +1,244 @@
+"""The thin training driver: set up from a `Config`, loop, checkpoint, log, export.
+
+All math lives in the pure, jitted steps (`jaxalign.train.step`); this module
+does the side effects: loading, data, the loop, signals, files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxalign.config.loader import to_yaml
+from jaxalign.config.schema import Config, ConfigError
+from jaxalign.data import DataError, prepare
+from jaxalign.models import save_pretrained
+from jaxalign.parallel import distributed
+from jaxalign.parallel.mesh import make_mesh
+from jaxalign.train.build import build_model, build_tokenizer
+from jaxalign.train.checkpointing import Checkpointer
+from jaxalign.train.objectives import ObjectiveContext, get_objective, needs_model
+from jaxalign.train.observability import MetricsLogger, format_metrics, plot_metrics, summary
+from jaxalign.train.optimizer import build_optimizer
+from jaxalign.train.preemption import PreemptionGuard
+from jaxalign.train.step import GraphDefs, make_eval_step, make_loss_fn, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; names the step, the rows of its batch and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    steps: int
+    losses: list[float]  # the loss of every step run in this call, in order
+    final_metrics: dict
+    eval_metrics: dict
+    output_dir: Path
+    export_dir: Path | None
+    preempted: bool = False
+    compiles: int = 0
+
+
+def _tokens(batch: dict) -> int:
+    return int(sum((v != 0).sum() for k, v in batch.items() if k.endswith("segment_ids")))
+
+
+def _check_batch_divisible(config: Config, mesh) -> None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = config.data.batch_size // max(config.optimizer.grad_accum_steps, 1)
+    if micro % shards:
+        raise ConfigError(
+            f"data.batch_size={config.data.batch_size} (per micro-batch {micro}) is not divisible by the batch "
+            f"shards mesh.data x mesh.fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} = {shards}"
+        )
+
+
+class Trainer:
+    """Holds what a run needs; `run()` trains, `evaluate()` scores the held-out split."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        distributed.initialize(config.mesh.multihost)
+        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        _check_batch_divisible(config, self.mesh)
+        self.spec = get_objective(config.loss.name)
+        data_cfg = dataclasses.replace(config.data, task=self.spec.task)
+        self.tokenizer = build_tokenizer(config.model, key="model")
+        self.data = prepare(data_cfg.path, self.tokenizer, data_cfg)
+        self.eval_data = prepare(config.eval_data, self.tokenizer, dataclasses.replace(data_cfg, shuffle=False)) if config.eval_data else None
+        columns = set(self.data.examples.extras)
+        if config.loss.rdo.enabled and "rdo_weight" not in columns:
+            raise DataError(f"{data_cfg.path}: loss.rdo.enabled needs an 'rdo_weight' column; write it with `jaxalign score`")
+        ctx = ObjectiveContext(config.loss, mesh=self.mesh if config.mesh.tensor > 1 else None,
+                               use_rdo_weights=config.loss.rdo.enabled)
+        with jax.set_mesh(self.mesh):
+            policy = build_model(config.model, key="model", head=self.spec.head, mesh=self.mesh, seed=config.train.seed)
+            graphdef, params = nnx.split(policy)
+            frozen, graphdefs = {}, {"policy": graphdef}
+            if needs_model(self.spec, "reference", config.loss, columns):
+                if config.reference.path or config.reference.preset:
+                    ref = build_model(config.reference, key="reference", mesh=self.mesh, seed=config.train.seed)
+                    graphdefs["reference"], frozen["reference"] = nnx.split(ref)
+                else:  # the policy's initial weights, in their own buffers (the policy's are donated)
+                    graphdefs["reference"], frozen["reference"] = graphdef, jax.tree.map(jnp.copy, params)
+            if needs_model(self.spec, "teacher", config.loss, columns):
+                teacher = build_model(config.teacher, key="teacher", mesh=self.mesh, seed=config.train.seed)
+                if teacher.config.vocab_size != policy.config.vocab_size:
+                    raise ConfigError(
+                        f"teacher vocabulary ({teacher.config.vocab_size}) differs from the student's "
+                        f"({policy.config.vocab_size}): teacher and student must share a tokenizer"
+                    )
+                graphdefs["teacher"], frozen["teacher"] = nnx.split(teacher)
+            self.graphdefs = GraphDefs(**graphdefs)
+            self.frozen = frozen
+            self.total_steps = self._total_steps()
+            self.tx, self.schedule = build_optimizer(config.optimizer, self.total_steps, params)
+            self.state = {
+                "step": jnp.zeros((), jnp.int32),
+                "params": params,
+                "opt_state": jax.jit(self.tx.init)(params),
+                "rng": jax.random.key_data(jax.random.key(config.train.seed)),
+            }
+        loss_fn = make_loss_fn(self.spec, ctx, self.graphdefs)
+        self.train_step = make_train_step(loss_fn, self.tx, self.schedule, grad_accum_steps=config.optimizer.grad_accum_steps)
+        self.eval_step = make_eval_step(loss_fn)
+        self.output_dir = Path(config.train.output_dir)
+        self.is_main = jax.process_index() == 0
+
+    def _total_steps(self) -> int:
+        c = self.config
+        if c.train.epochs > 0:
+            per_epoch = len(self.data) // c.data.batch_size if c.data.drop_remainder else math.ceil(len(self.data) / c.data.batch_size)
+            return c.train.epochs * per_epoch
+        return c.train.steps
+
+    def _batcher(self, data, *, num_epochs=None):
+        return data.batcher(process_index=jax.process_index(), process_count=jax.process_count(), num_epochs=num_epochs)
+
+    def _global(self, batch: dict) -> dict:
+        arrays = {k: v for k, v in batch.items() if k != "row_id"}
+        return distributed.global_batch(arrays, self.mesh)
+
+    def evaluate(self) -> dict:
+        """Mean metrics over the held-out split (or `eval.batches` of it)."""
+        if self.eval_data is None:
+            return {}
+        totals, n = {}, 0
+        for i, batch in enumerate(self._batcher(self.eval_data, num_epochs=1)):
+            if self.config.eval.batches and i >= self.config.eval.batches:
+                break
+            metrics = jax.device_get(self.eval_step(self.state["params"], self.frozen, self._global(batch)))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            n += 1
+        return {k: v / max(n, 1) for k, v in totals.items()}
+
+    def export(self) -> Path:
+        model = nnx.merge(self.graphdefs.policy, self.state["params"])
+        return save_pretrained(model, self.tokenizer, self.output_dir / "hf", overwrite=True)
+
+    def run(self) -> TrainResult:
+        c = self.config
+        yaml_text = to_yaml(c)
+        if self.is_main:
+            print(yaml_text)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints = Checkpointer(c.checkpoint_dir, keep=c.checkpoint.keep, async_save=c.checkpoint.async_save,
+                                   save_every=c.checkpoint.every)
+        batches = self._batcher(self.data)
+        start = 0
+        if c.checkpoint.resume and checkpoints.latest_step() is not None:
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
+            self.state, meta = checkpoints.restore(None, abstract)
+            batches.load_state_dict(meta["data"])
+            start = int(meta["step"])
+            log.info("resumed from step %d (%s)", start, checkpoints.step_dir(start))
+        logger = MetricsLogger(self.output_dir, total_steps=self.total_steps, start_step=start, jsonl=c.logging.jsonl,
+                               tensorboard=c.logging.tensorboard, progress_bar=c.logging.progress_bar, is_main_process=self.is_main)
+        losses, last_metrics, eval_metrics, preempted = [], {}, {}, False
+        pending = None  # (step, loss array, row ids): checked one step late so the host never waits on the device
+        tokens, tick = 0, time.perf_counter()
+        it = iter(batches)
+
+        def check(pending_item):
+            step, loss, rows = pending_item
+            value = float(loss)
+            losses.append(value)
+            if not math.isfinite(value) and c.train.stop_on_nonfinite:
+                described = ", ".join(self.data.describe_row(r) for r in rows[:8] if r >= 0)
+                raise NonFiniteLossError(
+                    f"non-finite loss {value} at step {step + 1}; batch rows: {described}; last good checkpoint: "
+                    f"{checkpoints.step_dir(checkpoints.latest_step()) if checkpoints.latest_step() is not None else 'none'}"
+                )
+
+        try:
+            with PreemptionGuard() as guard:
+                for step in range(start, self.total_steps):
+                    batch = next(it)
+                    tokens += _tokens(batch)
+                    self.state, metrics = self.train_step(self.state, self.frozen, self._global(batch))
+                    if pending is not None:
+                        check(pending)
+                    pending = (step, metrics["loss"], batch["row_id"].reshape(-1))
+                    done = step + 1
+                    if done % c.train.log_every == 0 or done == self.total_steps:
+                        last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                        now = time.perf_counter()
+                        logger.log(done, last_metrics, tokens=tokens, elapsed=now - tick)
+                        tokens, tick = 0, now
+                    if c.eval.every and done % c.eval.every == 0:
+                        eval_metrics = self.evaluate()
+                        logger.log(done, eval_metrics, split="eval")
+                    meta = {"step": done, "data": batches.state_dict()}
+                    if guard.should_stop(done):
+                        check(pending)
+                        pending = None
+                        checkpoints.save(done, self.state, meta, yaml_text, force=True)
+                        checkpoints.wait()
+                        log.warning("stopped by %s at step %d; checkpoint saved", guard.signal_name, done)
+                        preempted = True
+                        break
+                    if c.checkpoint.every and done % c.checkpoint.every == 0:
+                        check(pending)
+                        pending = None
+                        checkpoints.save(done, self.state, meta, yaml_text)
+                if pending is not None:
+                    check(pending)
+                if not preempted:
+                    done = self.total_steps
+                    if start < done:
+                        checkpoints.save(done, self.state, {"step": done, "data": batches.state_dict()}, yaml_text, force=True)
+                    if self.eval_data is not None:
+                        eval_metrics = self.evaluate()
+                        logger.log(done, eval_metrics, split="eval")
+        finally:
+            checkpoints.wait()
+            checkpoints.close()
+            logger.close()
+        export_dir = self.export() if c.train.export_hf and not preempted else None
+        if self.is_main and c.logging.jsonl:
+            jsonl = self.output_dir / "metrics.jsonl"
+            if c.logging.plot:
+                plot_metrics(jsonl, self.output_dir / "metrics.png")
+            print(summary(jsonl, title=f"jaxalign {c.loss.name}", extra={"output": str(self.output_dir), "export": str(export_dir)}))
+        return TrainResult(steps=start + len(losses), losses=losses, final_metrics=last_metrics, eval_metrics=eval_metrics,
+                           output_dir=self.output_dir, export_dir=export_dir, preempted=preempted,
+                           compiles=self.train_step._cache_size())
+
+
+def train(config: Config) -> TrainResult:
+    return Trainer(config).run()
+
+
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train", "format_metrics"]
