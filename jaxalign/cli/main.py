@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from jaxalign.cli import convert, prune
+from jaxalign.cli import convert, prune, train
 
-COMMANDS = {"convert": convert, "prune": prune}
+COMMANDS = {"train": train, "convert": convert, "prune": prune}
 
 
 def build_parser() -> argparse.ArgumentParser:

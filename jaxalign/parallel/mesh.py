@@ -26,6 +26,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
             raise ValueError(f"{len(devices)} devices are not divisible by the fixed mesh axes (product {known})")
         sizes[free[0]] = len(devices) // known
     total = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    if not free and total < len(devices) and jax.process_count() == 1:
+        devices = devices[:total]  # an explicit smaller mesh (e.g. 1 device) runs on the first devices
     if total != len(devices):
         raise ValueError(
             f"mesh data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = {total} "

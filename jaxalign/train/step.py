@@ -51,8 +51,13 @@ def _split_micro(batch: dict, n: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
 
 
-def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, *, grad_accum_steps: int = 1):
-    """Jitted `(state, frozen, batch) -> (state, metrics)`; `state` is donated."""
+def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, *, grad_accum_steps: int = 1,
+                    state_shardings=None):
+    """Jitted `(state, frozen, batch) -> (state, metrics)`; `state` is donated.
+
+    `state_shardings` pins the new state to the input state's shardings, so the
+    step compiles once (not again when its outputs come back respelled).
+    """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state, frozen, batch):
@@ -78,10 +83,11 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, *, grad
             "opt_state": opt_state,
             "rng": jax.random.fold_in(state["rng"], state["step"]),
         }
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    out_shardings = None if state_shardings is None else (state_shardings, None)
+    return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
 def make_eval_step(loss_fn):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxalign.config.loader import to_yaml
 from jaxalign.config.schema import Config, ConfigError
@@ -104,14 +104,16 @@ class Trainer:
             self.frozen = frozen
             self.total_steps = self._total_steps()
             self.tx, self.schedule = build_optimizer(config.optimizer, self.total_steps, params)
+            replicated = NamedSharding(self.mesh, PartitionSpec())
             self.state = {
-                "step": jnp.zeros((), jnp.int32),
+                "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
                 "params": params,
                 "opt_state": jax.jit(self.tx.init)(params),
-                "rng": jax.random.key_data(jax.random.key(config.train.seed)),
+                "rng": jax.device_put(jax.random.key_data(jax.random.key(config.train.seed)), replicated),
             }
         loss_fn = make_loss_fn(self.spec, ctx, self.graphdefs)
-        self.train_step = make_train_step(loss_fn, self.tx, self.schedule, grad_accum_steps=config.optimizer.grad_accum_steps)
+        self.train_step = make_train_step(loss_fn, self.tx, self.schedule, grad_accum_steps=config.optimizer.grad_accum_steps,
+                                          state_shardings=jax.tree.map(lambda x: x.sharding, self.state))
         self.eval_step = make_eval_step(loss_fn)
         self.output_dir = Path(config.train.output_dir)
         self.is_main = jax.process_index() == 0
@@ -168,7 +170,7 @@ class Trainer:
                                tensorboard=c.logging.tensorboard, progress_bar=c.logging.progress_bar, is_main_process=self.is_main)
         losses, last_metrics, eval_metrics, preempted = [], {}, {}, False
         pending = None  # (step, loss array, row ids): checked one step late so the host never waits on the device
-        tokens, tick = 0, time.perf_counter()
+        tokens = 0
         it = iter(batches)
 
         def check(pending_item):
@@ -194,11 +196,11 @@ class Trainer:
                     done = step + 1
                     if done % c.train.log_every == 0 or done == self.total_steps:
                         last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                        now = time.perf_counter()
-                        logger.log(done, last_metrics, tokens=tokens, elapsed=now - tick)
-                        tokens, tick = 0, now
-                    if c.eval.every and done % c.eval.every == 0:
-                        eval_metrics = self.evaluate()
+                        logger.log(done, last_metrics, tokens=tokens)
+                        tokens = 0
+                    if c.eval.every and done % c.eval.every == 0 and done != self.total_steps:
+                        with logger.pause():
+                            eval_metrics = self.evaluate()
                         logger.log(done, eval_metrics, split="eval")
                     meta = {"step": done, "data": batches.state_dict()}
                     if guard.should_stop(done):
@@ -212,7 +214,8 @@ class Trainer:
                     if c.checkpoint.every and done % c.checkpoint.every == 0:
                         check(pending)
                         pending = None
-                        checkpoints.save(done, self.state, meta, yaml_text)
+                        with logger.pause():
+                            checkpoints.save(done, self.state, meta, yaml_text)
                 if pending is not None:
                     check(pending)
                 if not preempted:
