@@ -38,6 +38,8 @@ def initialize(mode: str = "auto") -> None:
     if jax.distributed.is_initialized():
         return
     env = os.environ
+    # CPU devices of different processes talk through gloo (GPU/TPU use their own fabric).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if env.get("JAX_NUM_PROCESSES"):
         kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"], num_processes=int(env["JAX_NUM_PROCESSES"]),

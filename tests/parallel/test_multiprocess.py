@@ -1,0 +1,31 @@
+"""Two processes x 4 CPU devices (jax.distributed on localhost) train exactly like one process x 8."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _losses(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in lines if r["split"] == "train"]
+
+
+def test_two_processes_match_one_process(tiny_dpo_overrides, tmp_path):
+    jaxalign = [sys.executable, "-m", "jaxalign.cli.main", "train", "configs/tiny_dpo.yaml"]
+    common = [o for o in tiny_dpo_overrides if not o.startswith(("train.output_dir", "eval_data"))]
+    common += ["eval_data=null", "train.steps=6", "optimizer.lr=1e-3", "mesh.data=8", "train.log_every=1"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    multi = subprocess.run([str(ROOT / "launch/local_multiprocess.sh"), "2", "4", *jaxalign, *common,
+                            f"train.output_dir={tmp_path / 'multi'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-3000:]
+    single = subprocess.run([*jaxalign, *common, f"train.output_dir={tmp_path / 'single'}"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=400, env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert single.returncode == 0, single.stderr[-3000:]
+    np.testing.assert_allclose(_losses(tmp_path / "multi"), _losses(tmp_path / "single"), atol=1e-5)
