@@ -32,3 +32,13 @@ def test_markdown_reference_lists_every_leaf_key(tmp_path):
     assert "## `loss.rdo.model`" in md and "## `generate.models`" in md
     path = write_config_reference(tmp_path / "docs" / "config_reference.md")
     assert path.read_text() == md
+
+
+def test_committed_reference_is_current(tmp_path):
+    from pathlib import Path
+
+    from jaxalign.config import write_config_reference
+
+    fresh = write_config_reference(tmp_path / "ref.md")
+    committed = Path(__file__).resolve().parents[2] / "docs" / "config_reference.md"
+    assert Path(fresh).read_text() == committed.read_text(), "regenerate docs/config_reference.md"
