@@ -420,6 +420,7 @@ def load_config(
             cfg = _merge(cfg, tree, label)
     cfg = apply_overrides(cfg, overrides)
     config = _to_object(cfg)
+    _derive_data_task(config)
     if check:
         validate(config, stage)
     return config
@@ -464,3 +465,11 @@ def save_config(config: Config, path: str | os.PathLike) -> Path:
             pass
         raise
     return path
+
+
+def _derive_data_task(config) -> None:
+    """The objective decides the batch layout: a default `data.task` follows `loss.name`."""
+    from jaxalign.config.schema import LOSS_DATA_TASK
+
+    if config.data.task == "preference" and config.loss.name in LOSS_DATA_TASK:
+        config.data.task = LOSS_DATA_TASK[config.loss.name]

@@ -49,21 +49,31 @@ def length_normalise(logps: jax.Array, lengths: jax.Array) -> jax.Array:
     return safe_div(logps, lengths)
 
 
+def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Mean over entries where ``mask`` is set (plain mean when ``mask`` is None; 0 if empty)."""
+    if mask is None:
+        return jnp.mean(x)
+    m = jnp.asarray(mask).astype(jnp.float32)
+    return safe_div(jnp.sum(jnp.where(m > 0, x, 0.0) * m), jnp.sum(m))
+
+
 def reward_metrics(
     chosen_rewards: jax.Array,
     rejected_rewards: jax.Array,
     chosen_logps: jax.Array | None = None,
     rejected_logps: jax.Array | None = None,
+    mask: jax.Array | None = None,
 ) -> Metrics:
-    """The ecosystem-standard metrics, as float32 batch means."""
+    """The ecosystem-standard metrics, as float32 batch means over real examples (``mask``:
+    ``[batch]``, 0 for the empty slots of packed rows)."""
     metrics = {
-        "rewards/chosen": jnp.mean(chosen_rewards),
-        "rewards/rejected": jnp.mean(rejected_rewards),
-        "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
-        "rewards/accuracies": jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
+        "rewards/chosen": masked_mean(chosen_rewards, mask),
+        "rewards/rejected": masked_mean(rejected_rewards, mask),
+        "rewards/margins": masked_mean(chosen_rewards - rejected_rewards, mask),
+        "rewards/accuracies": masked_mean((chosen_rewards > rejected_rewards).astype(jnp.float32), mask),
     }
     if chosen_logps is not None:
-        metrics["logps/chosen"] = jnp.mean(chosen_logps)
+        metrics["logps/chosen"] = masked_mean(chosen_logps, mask)
     if rejected_logps is not None:
-        metrics["logps/rejected"] = jnp.mean(rejected_logps)
+        metrics["logps/rejected"] = masked_mean(rejected_logps, mask)
     return {k: v.astype(jnp.float32) for k, v in metrics.items()}

@@ -29,6 +29,7 @@ def dadpo_loss(
     beta_ref: float = 0.1,
     beta_teacher: float = 0.1,
     weights: jax.Array | None = None,
+    example_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """daDPO loss ``mean(w · −log σ(β₁(Δ_θ − Δ_ref) + β₂(Δ_θ − Δ_te)))``.
 
@@ -73,7 +74,7 @@ def dadpo_loss(
     sg = jax.lax.stop_gradient
     chosen_rewards = sg(beta_ref * (pc - rc) + beta_teacher * (pc - tc))
     rejected_rewards = sg(beta_ref * (pr - rr) + beta_teacher * (pr - tr))
-    metrics = reward_metrics(chosen_rewards, rejected_rewards, sg(pc), sg(pr))
+    metrics = reward_metrics(chosen_rewards, rejected_rewards, sg(pc), sg(pr), example_mask)
     metrics["rewards/ref_margins"] = jnp.mean(sg(ref_term))
     metrics["rewards/teacher_margins"] = jnp.mean(sg(teacher_term))
     metrics["logps/teacher_chosen"] = jnp.mean(tc)

@@ -35,6 +35,7 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
     weights: jax.Array | None = None,
+    example_mask: jax.Array | None = None,
     chosen_lengths: jax.Array | None = None,
     rejected_lengths: jax.Array | None = None,
 ) -> tuple[jax.Array, Metrics]:
@@ -101,5 +102,5 @@ def dpo_loss(
     loss = weighted_mean(losses, w)
     chosen_rewards = jax.lax.stop_gradient(beta * (pc - rc))
     rejected_rewards = jax.lax.stop_gradient(beta * (pr - rr))
-    metrics = reward_metrics(chosen_rewards, rejected_rewards, jax.lax.stop_gradient(pc), jax.lax.stop_gradient(pr))
+    metrics = reward_metrics(chosen_rewards, rejected_rewards, jax.lax.stop_gradient(pc), jax.lax.stop_gradient(pr), example_mask)
     return loss.astype(jnp.float32), metrics

@@ -16,6 +16,7 @@ def bradley_terry_loss(
     rejected_rewards: jax.Array,
     *,
     weights: jax.Array | None = None,
+    example_mask: jax.Array | None = None,
     margin: jax.Array | float | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """``mean(w · −log σ(r(x,y_w) − r(x,y_l) − m))``.
@@ -38,4 +39,4 @@ def bradley_terry_loss(
         z = z - jnp.asarray(margin, jnp.float32)
     loss = weighted_mean(-jax.nn.log_sigmoid(z), w)
     sg = jax.lax.stop_gradient
-    return loss.astype(jnp.float32), reward_metrics(sg(rc), sg(rr))
+    return loss.astype(jnp.float32), reward_metrics(sg(rc), sg(rr), mask=example_mask)

@@ -10,6 +10,7 @@ from jaxalign.losses._common import (
     batch_args,
     check_scalar,
     length_normalise,
+    masked_mean,
     reward_metrics,
     weighted_mean,
 )
@@ -25,6 +26,7 @@ def rrhf_loss(
     *,
     nll_weight: float = 1.0,
     weights: jax.Array | None = None,
+    example_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """RRHF loss: length-normalised ranking hinge plus NLL of the chosen (best) response.
 
@@ -56,10 +58,10 @@ def rrhf_loss(
     p_w = length_normalise(pc, cl)
     p_l = length_normalise(pr, rl)
     ranking = weighted_mean(jax.nn.relu(p_l - p_w), w)
-    nll = -jnp.mean(p_w)
+    nll = -masked_mean(p_w, example_mask)
     loss = ranking + nll_weight * nll
     sg = jax.lax.stop_gradient
-    metrics = reward_metrics(sg(p_w), sg(p_l), sg(pc), sg(pr))
+    metrics = reward_metrics(sg(p_w), sg(p_l), sg(pc), sg(pr), example_mask)
     metrics["loss/ranking"] = sg(ranking)
     metrics["loss/nll"] = sg(nll)
     return loss.astype(jnp.float32), metrics

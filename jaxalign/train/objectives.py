@@ -72,6 +72,11 @@ def example_weights(batch: dict, ctx: ObjectiveContext) -> jax.Array:
     return w * (mask.size / jnp.maximum(mask.sum(), 1.0))
 
 
+def _slots(batch: dict) -> jax.Array:
+    """Flat `[B*K]` mask of real examples (0 for the empty slots of packed rows)."""
+    return batch["example_mask"].reshape(-1)
+
+
 def _frozen(model, seqs: Sequences, k: int, ctx: ObjectiveContext) -> SequenceOutput:
     out = sequence_logps(model, seqs, k, chunk_size=ctx.chunk_size, mesh=ctx.mesh)
     return SequenceOutput(*(jax.lax.stop_gradient(x) for x in (out.logps, out.lengths, out.hidden)))
@@ -126,7 +131,8 @@ def dpo_objective(models: Models, batch: dict, ctx: ObjectiveContext):
     rc, rr, _ = _pair_logps(models.reference, batch, both, k, ctx, "ref")
     cfg = ctx.loss
     loss, metrics = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
-                             weights=example_weights(batch, ctx), chosen_lengths=lc, rejected_lengths=lr)
+                             weights=example_weights(batch, ctx), example_mask=_slots(batch), chosen_lengths=lc,
+                             rejected_lengths=lr)
     return _with_extra_terms(loss, metrics, models, both, policy, None, ctx)
 
 
@@ -137,7 +143,7 @@ def dadpo_objective(models: Models, batch: dict, ctx: ObjectiveContext):
     tc, tr, teacher_out = _pair_logps(models.teacher, batch, both, k, ctx, "teacher")
     cfg = ctx.loss
     loss, metrics = dadpo_loss(pc, pr, rc, rr, tc, tr, beta_ref=cfg.beta_ref, beta_teacher=cfg.beta_teacher,
-                               weights=example_weights(batch, ctx))
+                               weights=example_weights(batch, ctx), example_mask=_slots(batch))
     return _with_extra_terms(loss, metrics, models, both, policy, teacher_out, ctx)
 
 
@@ -145,7 +151,8 @@ def rrhf_objective(models: Models, batch: dict, ctx: ObjectiveContext):
     both, k, policy = _preference_forward(models, batch, ctx)
     pc, pr = split_pairs(policy.logps)
     lc, lr = split_pairs(policy.lengths)
-    return rrhf_loss(pc, pr, lc, lr, nll_weight=ctx.loss.rrhf_nll_weight, weights=example_weights(batch, ctx))
+    return rrhf_loss(pc, pr, lc, lr, nll_weight=ctx.loss.rrhf_nll_weight, weights=example_weights(batch, ctx),
+                     example_mask=_slots(batch))
 
 
 def sft_objective(models: Models, batch: dict, ctx: ObjectiveContext):
@@ -175,7 +182,7 @@ def reward_model_objective(models: Models, batch: dict, ctx: ObjectiveContext):
     both = Sequences.concat(Sequences.from_batch(batch, "chosen_"), Sequences.from_batch(batch, "rejected_"))
     scores = models.policy(both.input_ids, both.positions, both.segment_ids)
     half = scores.shape[0] // 2
-    return bradley_terry_loss(scores[:half], scores[half:], weights=example_weights(batch, ctx))
+    return bradley_terry_loss(scores[:half], scores[half:], weights=example_weights(batch, ctx), example_mask=_slots(batch))
 
 
 def difference_model_objective(models: Models, batch: dict, ctx: ObjectiveContext):

@@ -64,6 +64,23 @@ def _check_batch_divisible(config: Config, mesh) -> None:
         )
 
 
+def _check_columns(config: Config, spec, columns: set[str]) -> None:
+    """Refuse, before any work, data that lacks what the objective needs."""
+    path = config.data.path
+    if config.loss.rdo.enabled and "rdo_weight" not in columns:
+        raise DataError(f"{path}: loss.rdo.enabled needs an 'rdo_weight' column; write it with `jaxalign score`")
+    for model in ("ref", "teacher"):
+        pair = {f"{model}_chosen_logps", f"{model}_rejected_logps"}
+        if len(pair & columns) == 1:
+            raise DataError(f"{path}: column {sorted(pair - columns)[0]!r} is missing (its pair {sorted(pair & columns)[0]!r} is present)")
+    if spec.task == "pairwise" and config.loss.difference_label_type != "binary":
+        missing = [c for c in ("score_chosen", "score_rejected") if c not in columns]
+        if missing:
+            raise DataError(f"{path}: loss.difference_label_type={config.loss.difference_label_type!r} needs column(s) {missing}")
+    if spec.head == "score" and config.data.packing:
+        raise ConfigError(f"data.packing is not supported for loss.name={config.loss.name!r} (one score per row); set data.packing=false")
+
+
 class Trainer:
     """Holds what a run needs; `run()` trains, `evaluate()` scores the held-out split."""
 
@@ -78,8 +95,7 @@ class Trainer:
         self.data = prepare(data_cfg.path, self.tokenizer, data_cfg)
         self.eval_data = prepare(config.eval_data, self.tokenizer, dataclasses.replace(data_cfg, shuffle=False)) if config.eval_data else None
         columns = set(self.data.examples.extras)
-        if config.loss.rdo.enabled and "rdo_weight" not in columns:
-            raise DataError(f"{data_cfg.path}: loss.rdo.enabled needs an 'rdo_weight' column; write it with `jaxalign score`")
+        _check_columns(config, self.spec, columns)
         ctx = ObjectiveContext(config.loss, mesh=self.mesh if config.mesh.tensor > 1 else None,
                                use_rdo_weights=config.loss.rdo.enabled)
         with jax.set_mesh(self.mesh):
