@@ -44,6 +44,7 @@ def main():
     student = prune_layers(teacher, layers_to_drop(teacher.config.num_layers, 0.2))
     print(f"teacher {teacher.config.num_layers} layers, student {student.config.num_layers} layers")
     s_graph, params = nnx.split(student)
+    params = jax.tree.map(jnp.copy, params)  # the pruned student shares embeddings with the teacher; the step donates
     t_graph, t_params = nnx.split(teacher)
     frozen = {"reference": jax.tree.map(jnp.copy, params), "teacher": t_params}
     loss_fn = make_loss_fn(get_objective("dadpo"), ObjectiveContext(LossConfig(name="dadpo")),
