@@ -6,9 +6,17 @@ import argparse
 import logging
 import sys
 
-from jaxalign.cli import convert, prune, train
+from jaxalign.cli import convert, evaluate, generate, pipeline, prune, score, train
 
-COMMANDS = {"train": train, "convert": convert, "prune": prune}
+COMMANDS = {
+    "train": train,
+    "generate": generate,
+    "score": score,
+    "eval": evaluate,
+    "pipeline": pipeline,
+    "convert": convert,
+    "prune": prune,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

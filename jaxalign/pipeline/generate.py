@@ -1,0 +1,226 @@
+"""The ``generate`` stage: sample responses to a prompt set with the KV-cache sampler.
+
+``samples`` mode writes one row per prompt with each model's response (dSFT
+data: with one model the columns are ``prompt``/``response``); ``pairs`` mode
+writes dDPO/daDPO rows, ``chosen`` from the first model (the teacher) and
+``rejected`` from the second (the student), naming both. String prompts that
+go through the chat template are written as message lists, so training
+applies the same template. Rows stream to the output batch by batch; a rerun
+(after a crash or SIGTERM) continues where the file ends, and batch ``i``
+always samples with ``seed + i``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+
+from jaxalign.config.schema import Config, GenerateModel, ModelSpec
+from jaxalign.data.errors import DataError
+from jaxalign.generation.sampler import SamplingParams, encode_prompts, generate_ids
+from jaxalign.parallel.mesh import make_mesh
+from jaxalign.pipeline.progress import progress
+from jaxalign.pipeline.rows import RowWriter, iter_batches, load_prompts
+from jaxalign.train.build import build_model, build_model_config, build_tokenizer
+from jaxalign.train.preemption import PreemptionGuard
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GenerateResult", "PolicySampler", "generation_models", "run_generate", "uses_chat_template"]
+
+
+@dataclass
+class GenerateResult:
+    output: Path
+    rows: int  # rows in the output now
+    new_rows: int  # rows written by this call
+    tokens: int  # new tokens sampled by this call
+    seconds: float
+    interrupted: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def named(spec: ModelSpec, name: str) -> GenerateModel:
+    """``spec`` as a ``GenerateModel`` called ``name``."""
+    return GenerateModel(**dataclasses.asdict(spec), name=name)
+
+
+def generation_models(config: Config) -> list[GenerateModel]:
+    """``generate.models``, or its defaults: pairs = [teacher, model], samples = [model]."""
+    gen = config.generate
+    if gen.models:
+        return list(gen.models)
+    if gen.mode == "pairs":
+        return [named(config.teacher, "teacher"), named(config.model, "student")]
+    return [named(config.model, "model")]
+
+
+def uses_chat_template(tokenizer, setting: bool | None, prompt: Any) -> bool:
+    """Whether ``prompt`` goes through the chat template (``data.use_chat_template`` semantics,
+    except that ``None`` uses the template whenever the tokenizer has one)."""
+    if isinstance(prompt, list):
+        return True
+    if setting is None:
+        return bool(getattr(tokenizer, "chat_template", None))
+    return setting
+
+
+class PolicySampler:
+    """One model and its tokenizer, ready to sample; prompts are encoded before weights load.
+
+    ``prepare(prompts)`` encodes and checks every prompt against the model's
+    context (cheap, so bad prompts fail before the weights load); ``load`` then
+    builds the model; ``sample`` returns texts and token counts.
+    """
+
+    def __init__(self, spec: GenerateModel, *, key: str, chat_setting: bool | None, max_new_tokens: int,
+                 sampling: SamplingParams, bucket: int = 64):
+        self.spec, self.key = spec, key
+        self.tokenizer = build_tokenizer(spec, key=key)
+        self.model_config = build_model_config(spec, key=key)
+        self.chat_setting = chat_setting
+        self.max_new_tokens = max_new_tokens
+        self.sampling = sampling
+        self.bucket = bucket
+        self.model = None
+        tok = self.tokenizer
+        eos = self.model_config.eos_token_ids or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
+        self.eos = tuple(int(e) for e in eos)
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else (self.eos[0] if self.eos else 0)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def encode(self, rows: Sequence[dict], where: str) -> list[list[int]]:
+        """Token ids of each row's prompt; ``DataError`` naming the row when one cannot fit the context."""
+        limit = self.model_config.max_position_embeddings
+        out = []
+        for row in rows:
+            chat = uses_chat_template(self.tokenizer, self.chat_setting, row["prompt"])
+            ids = encode_prompts(self.tokenizer, [row["prompt"]], chat_template=chat)[0]
+            if len(ids) + self.max_new_tokens > limit:
+                raise DataError(
+                    f"{where}:row {row['prompt_id']}: field 'prompt' has {len(ids)} tokens; with max_new_tokens="
+                    f"{self.max_new_tokens} it exceeds {self.key} {self.name!r}'s context of {limit} tokens"
+                )
+            out.append(ids)
+        return out
+
+    def load(self, mesh) -> "PolicySampler":
+        if self.model is None:
+            with jax.set_mesh(mesh):
+                self.model = build_model(self.spec, key=self.key, mesh=mesh)
+        return self
+
+    def sample(self, prompt_ids: Sequence[Sequence[int]], seed: int, batch_size: int = 0) -> tuple[list[str], int]:
+        """Texts (EOS and special tokens removed) and the number of new tokens.
+
+        A batch shorter than ``batch_size`` is padded with copies of its first prompt
+        (dropped after), so every batch has one shape and the sampler compiles once.
+        """
+        n = len(prompt_ids)
+        padded = list(prompt_ids) + [prompt_ids[0]] * max(batch_size - n, 0)
+        new = generate_ids(self.model, padded, max_new_tokens=self.max_new_tokens, sampling=self.sampling,
+                           seed=seed, eos_token_ids=self.eos, pad_token_id=self.pad, bucket=self.bucket)[:n]
+        texts = [self.tokenizer.decode([t for t in toks if t not in self.eos], skip_special_tokens=True).strip()
+                 for toks in new]
+        return texts, sum(len(t) for t in new)
+
+    def as_message(self, row: dict, text: str) -> Any:
+        """The response as the data pipeline should read it: a message list when the prompt used the chat template."""
+        return [{"role": "assistant", "content": text}] if self.is_chat(row) else text
+
+    def prompt_field(self, row: dict) -> Any:
+        return [{"role": "user", "content": row["prompt"]}] if self.is_chat(row) and isinstance(row["prompt"], str) else row["prompt"]
+
+    def is_chat(self, row: dict) -> bool:
+        return uses_chat_template(self.tokenizer, self.chat_setting, row["prompt"])
+
+
+def _rows_for_batch(mode: str, samplers: list[PolicySampler], batch: Sequence[dict], texts: list[list[str]]) -> list[dict]:
+    first = samplers[0]
+    out = []
+    for j, row in enumerate(batch):
+        extra = {k: v for k, v in row.items() if k not in ("prompt", "prompt_id", "chosen", "rejected", "response")}
+        base = {"prompt_id": row["prompt_id"], "prompt": first.prompt_field(row), **extra}
+        if mode == "pairs":
+            base.update(chosen=first.as_message(row, texts[0][j]), rejected=samplers[1].as_message(row, texts[1][j]),
+                        chosen_model=samplers[0].name, rejected_model=samplers[1].name)
+        elif len(samplers) == 1:
+            base.update(response=first.as_message(row, texts[0][j]), model=first.name)
+        else:
+            base.update({s.name: texts[i][j] for i, s in enumerate(samplers)})
+        out.append(base)
+    return out
+
+
+def run_generate(config: Config) -> GenerateResult:
+    """Sample every prompt not yet in ``generate.output``; returns counts and speed."""
+    gen = config.generate
+    source = gen.prompts or config.data.path
+    prompts = load_prompts(source, limit=gen.limit)
+    specs = generation_models(config)
+    if gen.mode == "pairs" and len(specs) != 2:
+        raise DataError(f"generate.mode='pairs' needs two models, got {len(specs)}")
+    sampling = SamplingParams(gen.temperature, gen.top_k, gen.top_p)
+    samplers = [PolicySampler(s, key=f"generate.models[{i}]" if gen.models else ("teacher" if gen.mode == "pairs" and i == 0 else "model"),
+                              chat_setting=config.data.use_chat_template, max_new_tokens=gen.max_new_tokens, sampling=sampling)
+                for i, s in enumerate(specs)]
+    if gen.mode == "pairs" and samplers[0].model_config.vocab_size != samplers[1].model_config.vocab_size:
+        raise DataError(
+            f"generate.mode='pairs': {samplers[0].name!r} and {samplers[1].name!r} have different vocabularies "
+            f"({samplers[0].model_config.vocab_size} vs {samplers[1].model_config.vocab_size}); daDPO needs a shared tokenizer"
+        )
+    encoded = [s.encode(prompts, source) for s in samplers]  # every prompt checked before any weights load
+
+    writer = RowWriter(gen.output, key="prompt_id")
+    todo = set() if writer.complete else {i for i, row in enumerate(prompts) if row["prompt_id"] not in writer.done_ids}
+    start, tokens, new_rows = time.perf_counter(), 0, 0
+    if writer.rows_done:
+        log.info("%s: %d of %d rows already written; generating the other %d", gen.output, writer.rows_done, len(prompts), len(todo))
+    interrupted = False
+    if todo:
+        mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        for s in samplers:
+            s.load(mesh)
+        bar = progress(total=len(prompts), initial=len(prompts) - len(todo), desc=f"generate {'/'.join(s.name for s in samplers)}",
+                       unit="prompt", enabled=config.logging.progress_bar)
+        with PreemptionGuard() as guard, jax.set_mesh(mesh):
+            # Batches are cut from the full prompt list, so batch b (and its seed) is the same in every run.
+            for b, batch_idx in iter_batches(list(range(len(prompts))), gen.batch_size):
+                idx = [i for i in batch_idx if i in todo]
+                if not idx:
+                    continue
+                batch = [prompts[i] for i in idx]
+                texts = []
+                for s, enc in zip(samplers, encoded):
+                    out, n = s.sample([enc[i] for i in idx], seed=gen.seed + b, batch_size=gen.batch_size)
+                    texts.append(out)
+                    tokens += n
+                writer.write(_rows_for_batch(gen.mode, samplers, batch, texts))
+                new_rows += len(batch)
+                bar.update(len(batch))
+                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
+                if guard.requested:
+                    interrupted = True
+                    log.warning("generate: stopped by %s after %d of %d rows; rerun the same command to continue",
+                                guard.signal_name, writer.rows_done, len(prompts))
+                    break
+        bar.close()
+    if not interrupted:
+        writer.finish()
+    seconds = time.perf_counter() - start
+    result = GenerateResult(Path(gen.output), writer.rows_done, new_rows, tokens, seconds, interrupted)
+    log.info("generate: %d rows in %s (%d new, %d tokens, %.1f tokens/s)", result.rows, gen.output, new_rows, tokens,
+             result.tokens_per_second)
+    return result

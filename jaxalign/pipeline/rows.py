@@ -1,0 +1,179 @@
+"""Row I/O of the offline stages: prompt sets in, resumable JSONL/Parquet out.
+
+Stages write rows in batches. ``RowWriter`` appends each batch to a JSON-lines
+file and fsyncs it, so a run killed at any point leaves only whole batches
+behind, plus at most one torn last line, which the next run cuts off; the
+rows already written are then not recomputed (``done_ids``). A ``.parquet``
+output is streamed to ``<output>.partial.jsonl`` and converted once complete
+(temporary file, then rename), so a Parquet file is never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from jaxalign.data.errors import DataError
+from jaxalign.data.sources import load_source
+
+__all__ = ["load_prompts", "load_table", "RowWriter", "asset_path", "iter_batches", "write_rows_atomic"]
+
+#: Scheme of files shipped inside the package (``asset:prompts.jsonl``).
+ASSET_PREFIX = "asset:"
+
+
+def asset_path(name: str) -> Path:
+    """Path of a file in ``jaxalign/pipeline/assets``."""
+    return Path(str(resources.files("jaxalign.pipeline") / "assets" / name))
+
+
+def _resolve(path: str) -> str:
+    return str(asset_path(path[len(ASSET_PREFIX):])) if path.startswith(ASSET_PREFIX) else path
+
+
+def load_prompts(path: str, *, limit: int = 0) -> list[dict]:
+    """Rows with a non-empty ``prompt`` (a string or a message list), each with ``prompt_id``.
+
+    ``path`` is anything ``data.path`` takes, or ``asset:NAME`` for a shipped file
+    (``asset:prompts_train.jsonl``, ``asset:prompts_heldout.jsonl``); ``limit`` keeps the first N. Raises ``DataError``
+    naming the file and row of a bad prompt, or when nothing is left.
+    """
+    source = load_source(_resolve(path))
+    columns = source.dataset.column_names
+    if "prompt" not in columns:
+        raise DataError(f"{source.name}: no 'prompt' column (columns: {', '.join(columns)})")
+    rows = []
+    for i, row in enumerate(source.dataset):
+        prompt = row["prompt"]
+        where, line = source.locate(i)
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise DataError(f"{where}{line}: field 'prompt' is empty")
+        elif isinstance(prompt, list):
+            if not prompt or not all(isinstance(m, Mapping) and m.get("role") and m.get("content") is not None for m in prompt):
+                raise DataError(f"{where}{line}: field 'prompt' must be a non-empty list of {{role, content}} messages")
+            prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
+        else:
+            raise DataError(f"{where}{line}: field 'prompt' must be a string or a message list, got {type(prompt).__name__}")
+        rows.append({**row, "prompt": prompt, "prompt_id": i})
+        if limit and len(rows) >= limit:
+            break
+    if not rows:
+        raise DataError(f"{source.name}: no prompts (the prompt set is empty)")
+    return rows
+
+
+def load_table(path: str) -> list[dict]:
+    """All rows of a dataset file (JSONL/Parquet/...) as dicts."""
+    return [dict(r) for r in load_source(_resolve(path)).dataset]
+
+
+def _fsync_write(f, text: str) -> None:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+class RowWriter:
+    """Append-only, resumable writer of rows with a unique ``key`` field.
+
+    Opening it repairs a torn last line and reads which keys are done. ``write``
+    appends one batch durably. ``finish`` converts a Parquet target.
+    """
+
+    def __init__(self, output: str | os.PathLike, key: str, *, staged: bool = False):
+        self.output = Path(output)
+        if self.output.suffix not in (".jsonl", ".parquet"):
+            raise DataError(f"{self.output}: output must end in .jsonl or .parquet")
+        self.key = key
+        self.staged = staged or self.output.suffix == ".parquet"
+        self.stream = self.output.with_name(self.output.name + ".partial.jsonl") if self.staged else self.output
+        self.stream.parent.mkdir(parents=True, exist_ok=True)
+        self.done_ids: set = set()
+        self.rows_done = 0
+        if self.staged and self.output.exists():
+            rows = load_table(str(self.output))
+            self.done_ids = {r[key] for r in rows if key in r}
+            self.rows_done = len(rows)
+            self.complete = True
+            return
+        self.complete = False
+        self._repair_and_scan()
+
+    def _repair_and_scan(self) -> None:
+        if not self.stream.exists():
+            return
+        data = self.stream.read_bytes()
+        good = data.rfind(b"\n") + 1  # bytes up to the last complete line
+        if good < len(data):
+            with open(self.stream, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        for n, line in enumerate(data[:good].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{self.stream}:{n}: not valid JSON ({e.msg}); the file is not a jaxalign output") from None
+            if self.key not in row:
+                raise DataError(f"{self.stream}:{n}: no {self.key!r} field; the file is not a jaxalign output")
+            self.done_ids.add(row[self.key])
+            self.rows_done += 1
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append ``rows`` (one batch) and fsync."""
+        if not rows:
+            return
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        with open(self.stream, "a", encoding="utf-8") as f:
+            _fsync_write(f, text)
+        for r in rows:
+            self.done_ids.add(r[self.key])
+        self.rows_done += len(rows)
+
+    def staged_rows(self) -> list[dict]:
+        """The rows written so far (staged outputs: read back from the stream)."""
+        return [json.loads(line) for line in self.stream.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def finish(self, transform: Callable[[list[dict]], list[dict]] | None = None) -> Path:
+        """Make a staged output final: ``transform`` the streamed rows (default: as they are) and
+        write the target atomically (temporary file, then rename); returns its path."""
+        if self.staged and not self.complete:
+            rows = self.staged_rows() if self.stream.exists() else []
+            write_rows_atomic(transform(rows) if transform else rows, self.output)
+            self.stream.unlink(missing_ok=True)
+            self.complete = True
+        return self.output
+
+
+def write_rows_atomic(rows: Sequence[Mapping[str, Any]], output: str | os.PathLike) -> Path:
+    """Write rows as ``.jsonl`` or ``.parquet`` through a temporary file renamed into place."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    try:
+        if output.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                _fsync_write(f, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return output
+
+
+def iter_batches(items: Sequence, size: int) -> Iterable[tuple[int, Sequence]]:
+    """``(batch_index, items[i*size:(i+1)*size])`` over ``items``."""
+    for b, start in enumerate(range(0, len(items), size)):
+        yield b, items[start:start + size]

@@ -1,0 +1,190 @@
+"""The ``score`` stage: one pass over a preference dataset that adds precomputed columns.
+
+Columns (each on request): ``ref_chosen_logps``/``ref_rejected_logps`` and
+``teacher_chosen_logps``/``teacher_rejected_logps`` (summed response
+log-probs, tokenised exactly as training tokenises, so training then skips
+those models), and for RDO ``rdo_difference`` (the predicted reward
+difference d: antisymmetrised difference-model output, reward-model score
+gap, or the data's score gap) with ``rdo_weight`` (``loss.rdo`` transform,
+normalised over the dataset). A reward-model source also writes its scores as
+``score_chosen``/``score_rejected``.
+
+Per-row results stream to ``<output>.partial.jsonl`` (resumable after a crash
+or SIGTERM); the output is written once every row is scored, since the RDO
+normalisation needs them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxalign.config.schema import Config, ConfigError
+from jaxalign.data import DataError, prepare
+from jaxalign.losses import antisymmetric_difference, rdo_weights
+from jaxalign.parallel import distributed
+from jaxalign.parallel.mesh import make_mesh
+from jaxalign.pipeline.progress import progress
+from jaxalign.pipeline.rows import RowWriter, load_table
+from jaxalign.pipeline.scoring import make_pair_differences, make_pair_logps, make_pair_rewards
+from jaxalign.train.build import build_model, build_model_config, build_tokenizer
+from jaxalign.train.preemption import PreemptionGuard
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ScoreResult", "run_score"]
+
+_ROW = "row"  # key of the staged per-row results
+
+
+@dataclass
+class ScoreResult:
+    output: Path
+    rows: int  # rows scored so far (all of them unless interrupted)
+    new_rows: int
+    columns: list[str]
+    seconds: float
+    interrupted: bool = False
+
+
+def _device_batch(batch: dict, mesh, keys) -> dict:
+    return distributed.global_batch({k: batch[k] for k in keys}, mesh)
+
+
+_SEQ_KEYS = tuple(f"{side}_{k}" for side in ("chosen", "rejected") for k in ("input_ids", "positions", "segment_ids", "loss_mask"))
+_PAIRWISE_KEYS = tuple(f"{d}_{k}" for d in ("fwd", "bwd") for k in ("input_ids", "positions", "segment_ids", "last_index"))
+
+
+def _finish_rows(config: Config, source_rows: list[dict], staged: list[dict], columns: list[str]) -> list[dict]:
+    """Original rows (those scored) + the new columns; RDO weights normalised over the whole dataset."""
+    by_row = {r[_ROW]: r for r in staged}
+    ids = sorted(by_row)
+    if "rdo_difference" in columns:
+        rdo = config.loss.rdo
+        d = np.asarray([by_row[i]["rdo_difference"] for i in ids], np.float32)
+        w = np.asarray(rdo_weights(d, rdo.transform, rdo.temperature, rdo.clip or None, rdo.normalize))
+        for i, wi in zip(ids, w):
+            by_row[i]["rdo_weight"] = float(wi)
+    return [{**source_rows[i], **{k: v for k, v in by_row[i].items() if k != _ROW}} for i in ids]
+
+
+def run_score(config: Config) -> ScoreResult:
+    """Score every row of ``score.input`` (or ``data.path``) not yet scored; write ``score.output``."""
+    sc, rdo = config.score, config.loss.rdo
+    path = sc.input or config.data.path
+    tokenizer = build_tokenizer(config.model, key="model")
+    data_cfg = dataclasses.replace(config.data, path=path, task="preference", packing=False, shuffle=False,
+                                   drop_remainder=False)
+    data = prepare(path, tokenizer, data_cfg)  # every bad row is found here, before any model loads
+    log.info("score: %s", data.report.summary())
+    extras = set(data.examples.extras)
+    want_rdo = sc.rdo_weights
+    if want_rdo and rdo.source == "dataset" and not {"score_chosen", "score_rejected"} <= extras:
+        raise DataError(f"{path}: loss.rdo.source='dataset' needs columns 'score_chosen' and 'score_rejected'")
+    pairwise = None
+    if want_rdo and rdo.source == "difference_model":
+        judge_tok = build_tokenizer(rdo.model, key="loss.rdo.model") if (rdo.model.tokenizer or rdo.model.path) else tokenizer
+        pairwise = prepare(path, judge_tok, dataclasses.replace(data_cfg, task="pairwise"))
+    student_cfg = build_model_config(config.model, key="model")
+    if sc.teacher_logps:
+        teacher_cfg = build_model_config(config.teacher, key="teacher")
+        if teacher_cfg.vocab_size != student_cfg.vocab_size:
+            raise ConfigError(f"teacher vocabulary ({teacher_cfg.vocab_size}) differs from the student's "
+                              f"({student_cfg.vocab_size}): teacher and student must share a tokenizer")
+
+    source_rows = load_table(path)
+    writer = RowWriter(sc.output, key=_ROW, staged=True)
+    columns: list[str] = []
+    if sc.reference_logps:
+        columns += ["ref_chosen_logps", "ref_rejected_logps"]
+    if sc.teacher_logps:
+        columns += ["teacher_chosen_logps", "teacher_rejected_logps"]
+    if want_rdo:
+        columns += (["score_chosen", "score_rejected"] if rdo.source == "reward_model" else []) + ["rdo_difference", "rdo_weight"]
+    if writer.complete:
+        log.info("score: %s already complete (%d rows)", sc.output, writer.rows_done)
+        return ScoreResult(Path(sc.output), writer.rows_done, 0, columns, 0.0)
+
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_size = -(-config.score_batch_size // shards) * shards
+    start, new_rows, interrupted = time.perf_counter(), 0, False
+    todo_units = [u for u in data.units if int(data.examples.row_id[u[0]]) not in writer.done_ids]
+    if todo_units:
+        with jax.set_mesh(mesh):
+            scorers = []  # (columns, fn(batch, pairwise_batch) -> {column: [B]})
+            chunk = config.loss.chunk_size
+            if sc.reference_logps:
+                spec = config.reference if config.reference.is_set() else config.model
+                gd, st = nnx.split(build_model(spec, key="reference" if config.reference.is_set() else "model", mesh=mesh))
+                fn = make_pair_logps(gd, chunk)
+                scorers.append(lambda b, p, fn=fn, st=st: dict(zip(("ref_chosen_logps", "ref_rejected_logps"), fn(st, b))))
+            if sc.teacher_logps:
+                gd, st = nnx.split(build_model(config.teacher, key="teacher", mesh=mesh))
+                fn = make_pair_logps(gd, chunk)
+                scorers.append(lambda b, p, fn=fn, st=st: dict(zip(("teacher_chosen_logps", "teacher_rejected_logps"), fn(st, b))))
+            if want_rdo and rdo.source == "reward_model":
+                gd, st = nnx.split(build_model(rdo.model, key="loss.rdo.model", head="score", mesh=mesh))
+                fn = make_pair_rewards(gd)
+
+                def reward_cols(b, p, fn=fn, st=st):
+                    c, r = fn(st, b)
+                    return {"score_chosen": c, "score_rejected": r, "rdo_difference": c - r}
+
+                scorers.append(reward_cols)
+            if want_rdo and rdo.source == "difference_model":
+                gd, st = nnx.split(build_model(rdo.model, key="loss.rdo.model", head="score", mesh=mesh))
+                fn = make_pair_differences(gd)
+                scorers.append(lambda b, p, fn=fn, st=st: {"rdo_difference": antisymmetric_difference(*fn(st, p))})
+
+        pair_by_row = {}
+        if pairwise is not None:
+            pair_by_row = {int(pairwise.examples.row_id[u[0]]): u for u in pairwise.units}
+            missing = [int(data.examples.row_id[u[0]]) for u in todo_units if int(data.examples.row_id[u[0]]) not in pair_by_row]
+            if missing:
+                raise DataError(f"{path}: row(s) {missing[:5]} could not be laid out for the difference model "
+                                f"(too long for data.max_length={config.data.max_length} as a pair)")
+        bar = progress(total=len(data.units), initial=len(data.units) - len(todo_units), desc="score", unit="row",
+                       enabled=config.logging.progress_bar)
+        with PreemptionGuard() as guard, jax.set_mesh(mesh):
+            for lo in range(0, len(todo_units), batch_size):
+                units = todo_units[lo:lo + batch_size]
+                pad = [None] * (batch_size - len(units))  # one batch shape: one compile per bucket
+                host = data.collate(units + pad)
+                batch = _device_batch(host, mesh, _SEQ_KEYS)
+                pbatch = None
+                if pairwise is not None:
+                    punits = [pair_by_row[int(data.examples.row_id[u[0]])] for u in units]
+                    pbatch = _device_batch(pairwise.collate(punits + pad), mesh, _PAIRWISE_KEYS)
+                values: dict = {}
+                for scorer in scorers:
+                    values.update(scorer(batch, pbatch))
+                values = {k: np.asarray(jax.device_get(v))[: len(units)] for k, v in values.items()}
+                rows = []
+                for j, unit in enumerate(units):
+                    row = {_ROW: int(host["row_id"][j, 0])}
+                    row.update({k: float(v[j]) for k, v in values.items()})
+                    if want_rdo and rdo.source == "dataset":
+                        row["rdo_difference"] = float(host["score_chosen"][j, 0] - host["score_rejected"][j, 0])
+                    rows.append(row)
+                writer.write(rows)
+                new_rows += len(rows)
+                bar.update(len(rows))
+                if guard.requested:
+                    interrupted = True
+                    log.warning("score: stopped by %s after %d of %d rows; rerun the same command to continue",
+                                guard.signal_name, writer.rows_done, len(data.units))
+                    break
+        bar.close()
+    if not interrupted:
+        writer.finish(lambda staged: _finish_rows(config, source_rows, staged, columns))
+    result = ScoreResult(Path(sc.output), writer.rows_done, new_rows, columns, time.perf_counter() - start, interrupted)
+    log.info("score: %d rows, columns %s -> %s (%.1f s)", result.rows, ", ".join(columns), sc.output, result.seconds)
+    return result
