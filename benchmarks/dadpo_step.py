@@ -50,8 +50,10 @@ def main():
     loss_fn = make_loss_fn(get_objective("dadpo"), ObjectiveContext(LossConfig(name="dadpo")),
                            GraphDefs(policy=s_graph, reference=s_graph, teacher=t_graph))
     tx, schedule = build_optimizer(OptimizerConfig(lr=1e-6), 100, params)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.jit(tx.init)(params),
-             "rng": jax.random.key_data(jax.random.key(0))}
+    # Committed to one device like the trainer's state: an uncommitted scalar would make the
+    # second call (fed the first call's committed outputs) compile again.
+    state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.jit(tx.init)(params),
+                            "rng": jax.random.key_data(jax.random.key(0))}, jax.devices()[0])
     step = make_train_step(loss_fn, tx, schedule, state_shardings=jax.tree.map(lambda x: x.sharding, state))
 
     rng = np.random.default_rng(0)
@@ -64,7 +66,7 @@ def main():
         batch[f"{side}_loss_mask"] = mask
         batch[f"{side}_positions"] = np.tile(np.arange(T, dtype=np.int32), (B, 1))
         batch[f"{side}_segment_ids"] = np.ones((B, T), np.int32)
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    batch = jax.device_put(batch, jax.devices()[0])
 
     t = time.perf_counter()
     state, metrics = step(state, frozen, batch)

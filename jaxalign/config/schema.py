@@ -213,6 +213,10 @@ class OptimizerConfig:
     freeze_embeddings: bool = False
     """Keep the token embeddings (and a tied head) fixed."""
 
+    trainable: str = ""
+    """Regex over parameter names (e.g. 'score' = only a scalar head, 'layers' = the decoder layers): only
+    matching parameters train, the others get no gradient (their backward pass is skipped); "" = all."""
+
 
 @dataclass
 class TrainConfig:

@@ -204,8 +204,10 @@ def run_generate(config: Config) -> GenerateResult:
                 batch = [prompts[i] for i in idx]
                 texts = []
                 for s, enc in zip(samplers, encoded):
-                    out, n = s.sample([enc[i] for i in idx], seed=gen.seed + b, batch_size=gen.batch_size)
-                    texts.append(out)
+                    # The whole batch is sampled (a row's sample depends on its slot in the batch), so a batch
+                    # cut short by a torn last line is redone as the uninterrupted run did it; its done rows are dropped.
+                    out, n = s.sample([enc[i] for i in batch_idx], seed=gen.seed + b, batch_size=gen.batch_size)
+                    texts.append([t for t, i in zip(out, batch_idx) if i in todo])
                     tokens += n
                 writer.write(_rows_for_batch(gen.mode, samplers, batch, texts))
                 new_rows += len(batch)

@@ -42,7 +42,10 @@ def load_prompts(path: str, *, limit: int = 0) -> list[dict]:
     (``asset:prompts_train.jsonl``, ``asset:prompts_heldout.jsonl``); ``limit`` keeps the first N. Raises ``DataError``
     naming the file and row of a bad prompt, or when nothing is left.
     """
-    source = load_source(_resolve(path))
+    resolved = _resolve(path)
+    if os.path.isfile(resolved) and not Path(resolved).read_bytes().strip():
+        raise DataError(f"{resolved}: no prompts (the prompt set is empty)")  # datasets fails on it with no message
+    source = load_source(resolved)
     columns = source.dataset.column_names
     if "prompt" not in columns:
         raise DataError(f"{source.name}: no 'prompt' column (columns: {', '.join(columns)})")

@@ -101,16 +101,21 @@ def _stage(config: Config, run: str) -> tuple[str, str]:
 
 
 def run_pipeline(path: str | None, overrides: Sequence[str] = (), *,
-                 on_stage: Callable[[StageRecord], None] | None = None) -> PipelineResult:
-    """Run the stages of the recipe at ``path`` (default: the shipped main job)."""
+                 on_stage: Callable[[StageRecord], None] | None = None, stop_after: str | None = None) -> PipelineResult:
+    """Run the stages of the recipe at ``path`` (default: the shipped main job), up to ``stop_after`` (a stage name)."""
     from jaxalign.pipeline.rows import asset_path
 
-    recipe = str(asset_path(path[len("asset:"):])) if (path or DEFAULT_PIPELINE).startswith("asset:") else path
-    recipe = recipe or str(asset_path(DEFAULT_PIPELINE[len("asset:"):]))
+    path = path or DEFAULT_PIPELINE
+    recipe = str(asset_path(path[len("asset:"):])) if path.startswith("asset:") else path
     base = load_config(recipe, overrides, check=False)
     stages = base.pipeline.stages
     if not stages:
         raise ConfigError(f"{recipe}: pipeline.stages is empty; list the stages to run")
+    if stop_after is not None:
+        names = [st.name or st.run for st in stages]
+        if stop_after not in names:
+            raise ConfigError(f"stop_after={stop_after!r} is not a stage of {recipe} ({', '.join(names)})")
+        stages = stages[: names.index(stop_after) + 1]
     # Every stage's config is loaded and checked before the first one starts.
     configs = [load_config(recipe, [*overrides, *st.overrides], stage=st.run) for st in stages]
     records: list[StageRecord] = []

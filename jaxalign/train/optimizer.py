@@ -3,6 +3,8 @@ global-norm clipping, optional frozen embeddings."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import optax
 
@@ -27,14 +29,32 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Sche
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
 
 
-def freeze_labels(params) -> object:
-    """'freeze' for the input embedding's leaves, 'train' for every other leaf."""
+def param_name(path) -> str:
+    """Dotted parameter name of a tree path, e.g. ``decoder.layers.q_proj`` or ``score``."""
+    names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+    return ".".join(n for n in names if n not in ("", "value"))
+
+
+def freeze_labels(params, cfg: OptimizerConfig | None = None) -> object:
+    """'freeze' or 'train' per leaf: embeddings frozen with ``freeze_embeddings``; with
+    ``trainable`` set, every parameter whose name does not match that regex."""
+    pattern = re.compile(cfg.trainable) if cfg is not None and cfg.trainable else None
+    embeddings = cfg is None or cfg.freeze_embeddings
 
     def label(path, _):
-        names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
-        return "freeze" if "embed" in names else "train"
+        name = param_name(path)
+        if embeddings and "embed" in name.split("."):
+            return "freeze"
+        return "freeze" if pattern is not None and not pattern.search(name) else "train"
 
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+def frozen_mask(params, cfg: OptimizerConfig):
+    """Bool per leaf (True = frozen), or None when everything trains."""
+    if not (cfg.freeze_embeddings or cfg.trainable):
+        return None
+    return jax.tree.map(lambda lab: lab == "freeze", freeze_labels(params, cfg))
 
 
 def build_optimizer(cfg: OptimizerConfig, total_steps: int, params=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -51,9 +71,13 @@ def build_optimizer(cfg: OptimizerConfig, total_steps: int, params=None) -> tupl
         parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
     parts.append(core)
     tx = optax.chain(*parts)
-    if cfg.freeze_embeddings:
+    if cfg.freeze_embeddings or cfg.trainable:
         if params is None:
-            raise ValueError("optimizer.freeze_embeddings needs the parameter tree")
-        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, freeze_labels(params))
+            raise ValueError("optimizer.freeze_embeddings / optimizer.trainable need the parameter tree")
+        labels = freeze_labels(params, cfg)
+        if "train" not in jax.tree.leaves(labels):
+            raise ValueError(f"optimizer.trainable={cfg.trainable!r} matches no parameter (names look like "
+                             "'decoder.layers.q_proj', 'decoder.embed', 'score')")
+        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     return tx, schedule
 

@@ -52,12 +52,21 @@ def _split_micro(batch: dict, n: int) -> dict:
 
 
 def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, *, grad_accum_steps: int = 1,
-                    state_shardings=None):
+                    state_shardings=None, frozen_leaves=None):
     """Jitted `(state, frozen, batch) -> (state, metrics)`; `state` is donated.
 
     `state_shardings` pins the new state to the input state's shardings, so the
     step compiles once (not again when its outputs come back respelled).
+    `frozen_leaves` (bool per parameter) stops gradients at frozen parameters,
+    so the backward pass skips what only they need.
     """
+    if frozen_leaves is not None:
+        inner = loss_fn
+
+        def loss_fn(params, frozen, batch):
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen_leaves)
+            return inner(params, frozen, batch)
+
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state, frozen, batch):

@@ -27,7 +27,7 @@ from jaxalign.train.build import build_model, build_tokenizer
 from jaxalign.train.checkpointing import Checkpointer
 from jaxalign.train.objectives import ObjectiveContext, get_objective, needs_model
 from jaxalign.train.observability import MetricsLogger, format_metrics, plot_metrics, summary
-from jaxalign.train.optimizer import build_optimizer
+from jaxalign.train.optimizer import build_optimizer, frozen_mask
 from jaxalign.train.preemption import PreemptionGuard
 from jaxalign.train.step import GraphDefs, make_eval_step, make_loss_fn, make_train_step
 
@@ -129,7 +129,8 @@ class Trainer:
             }
         loss_fn = make_loss_fn(self.spec, ctx, self.graphdefs)
         self.train_step = make_train_step(loss_fn, self.tx, self.schedule, grad_accum_steps=config.optimizer.grad_accum_steps,
-                                          state_shardings=jax.tree.map(lambda x: x.sharding, self.state))
+                                          state_shardings=jax.tree.map(lambda x: x.sharding, self.state),
+                                          frozen_leaves=frozen_mask(params, config.optimizer))
         self.eval_step = make_eval_step(loss_fn)
         self.output_dir = Path(config.train.output_dir)
         self.is_main = jax.process_index() == 0
