@@ -7,7 +7,7 @@ writes dDPO/daDPO rows, ``chosen`` from the first model (the teacher) and
 go through the chat template are written as message lists, so training
 applies the same template. Rows stream to the output batch by batch; a rerun
 (after a crash or SIGTERM) continues where the file ends, and batch ``i``
-always samples with ``seed + i``.
+always samples with the same seed (``batch_seed(seed, i, model)``; each model its own).
 """
 
 from __future__ import annotations
@@ -147,6 +147,13 @@ class PolicySampler:
         return uses_chat_template(self.tokenizer, self.chat_setting, row["prompt"])
 
 
+def batch_seed(seed: int, batch: int, model: int = 0) -> int:
+    """The sampling seed of batch ``batch`` for the ``model``-th model: fixed for a given run config
+    (so a resumed run samples what an uninterrupted one would) and different per model (so a teacher
+    and a student that are close do not draw the same random numbers and produce identical pairs)."""
+    return (seed * 1_000_003 + batch * 1_009 + model) % (2**31 - 1)
+
+
 def _rows_for_batch(mode: str, samplers: list[PolicySampler], batch: Sequence[dict], texts: list[list[str]]) -> list[dict]:
     first = samplers[0]
     out = []
@@ -203,10 +210,11 @@ def run_generate(config: Config) -> GenerateResult:
                     continue
                 batch = [prompts[i] for i in idx]
                 texts = []
-                for s, enc in zip(samplers, encoded):
+                for m, (s, enc) in enumerate(zip(samplers, encoded)):
                     # The whole batch is sampled (a row's sample depends on its slot in the batch), so a batch
                     # cut short by a torn last line is redone as the uninterrupted run did it; its done rows are dropped.
-                    out, n = s.sample([enc[i] for i in batch_idx], seed=gen.seed + b, batch_size=gen.batch_size)
+                    out, n = s.sample([enc[i] for i in batch_idx], seed=batch_seed(gen.seed, b, m),
+                                      batch_size=gen.batch_size)
                     texts.append([t for t, i in zip(out, batch_idx) if i in todo])
                     tokens += n
                 writer.write(_rows_for_batch(gen.mode, samplers, batch, texts))
