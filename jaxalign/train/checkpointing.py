@@ -257,7 +257,8 @@ class Checkpointer:
             raise ValueError(f"keep must be >= 1 or None (keep all), got {keep}")
         if save_every < 0:
             raise ValueError(f"save_every must be >= 0, got {save_every}")
-        self.directory = epath.Path(directory)
+        # Orbax needs an absolute path; relative local paths (the recipes' runs/...) are resolved here.
+        self.directory = epath.Path(directory if "://" in str(directory) else Path(directory).absolute())
         self.keep = keep
         self.async_save = async_save
         self.save_every = save_every

@@ -108,6 +108,13 @@ def test_keep_last_n(tmp_path):
     assert meta == {"step": 3}
 
 
+def test_relative_directory_is_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # recipes write to relative runs/...; Orbax itself wants absolute paths
+    with Checkpointer("runs/x/checkpoints", async_save=False) as ck:
+        assert ck.save(1, {"x": jnp.ones(2)}, {"step": 1}, force=True)
+    assert _committed_dirs(tmp_path / "runs/x/checkpoints") == ["1"]
+
+
 def test_save_every_force_and_repeated_step(tmp_path):
     state = {"x": jnp.zeros(2)}
     with Checkpointer(tmp_path, save_every=5) as ck:
