@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile
 
 main: $(STAMP)
 	$(VENV)/bin/jaxalign convert "$$($(PY) -c 'from jaxalign.models.bundled import smollm2_gguf_path; print(smollm2_gguf_path())')" runs/smollm2-135m-instruct --overwrite --verify

@@ -160,25 +160,38 @@ class Evaluator:
         return float(np.mean(np.concatenate(wins)))
 
     def judge_margins(self, judge, rows: list[dict]) -> np.ndarray:
-        """Judge's preference of ``chosen`` over ``rejected`` per row (> 0: chosen wins)."""
-        if self.ev.judge_kind == "reward_model":
-            data = self._prepare(rows, "preference", self.judge_tokenizer, on_bad_row="error")
-            fn, keys = make_pair_rewards(judge[0]), _PAIR_KEYS
-        else:
-            data = self._prepare(rows, "pairwise", self.judge_tokenizer, on_bad_row="error")
-            fn, keys = make_pair_differences(judge[0]), _PAIRWISE_KEYS
-        out = []
+        """Judge's preference of ``chosen`` over ``rejected`` per row (> 0: chosen wins).
+
+        A response the data pipeline cannot use (an empty sample) is not shown to the
+        judge: it loses against a non-empty one (margin ∓inf), and two empty ones tie.
+        """
+        task = "preference" if self.ev.judge_kind == "reward_model" else "pairwise"
+        data = self._prepare(rows, task, self.judge_tokenizer, on_bad_row="skip")
+        fn = make_pair_rewards(judge[0]) if task == "preference" else make_pair_differences(judge[0])
+        keys = _PAIR_KEYS if task == "preference" else _PAIRWISE_KEYS
+        margins = np.array([_empty_margin(r) for r in rows], np.float64)
         with jax.set_mesh(self.mesh):
-            for n, _, batch in _Batches(data, self.batch_size, self.mesh, keys):
+            for n, host, batch in _Batches(data, self.batch_size, self.mesh, keys):
                 a, b = jax.device_get(fn(judge[1], batch))
-                margin = a - b if self.ev.judge_kind == "reward_model" else np.asarray(antisymmetric_difference(a, b))
-                out.append(np.asarray(margin)[:n])
-        return np.concatenate(out)
+                margin = a - b if task == "preference" else np.asarray(antisymmetric_difference(a, b))
+                margins[host["row_id"][:n, 0]] = np.asarray(margin)[:n]
+        return margins
 
     @property
     def judge_tokenizer(self):
         j = self.ev.judge
         return build_tokenizer(j, key="eval.judge") if (j.tokenizer or j.path) else self.tokenizer
+
+
+def _is_empty(response: Any) -> bool:
+    text = response[-1]["content"] if isinstance(response, list) and response else response
+    return not str(text or "").strip()
+
+
+def _empty_margin(row: dict) -> float:
+    """The margin of a row the judge does not see: an empty response loses, two empty ones tie."""
+    chosen, rejected = _is_empty(row["chosen"]), _is_empty(row["rejected"])
+    return 0.0 if chosen == rejected else (-np.inf if chosen else np.inf)
 
 
 def _win(margin: np.ndarray) -> np.ndarray:

@@ -2,10 +2,14 @@
 
 Each ``make_*`` takes a model's graphdef (static) and returns a jitted
 ``(state(s), batch) -> arrays`` function; batches follow the schema of
-``jaxalign.data.collate`` (unpacked: K = 1).
+``jaxalign.data.collate`` (unpacked: K = 1). The functions are cached by
+graphdef, so models of one architecture (a student before and after training)
+share one compiled function per batch shape.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,7 @@ from jaxalign.train.forward import Sequences, sequence_logps, split_pairs
 __all__ = ["make_pair_logps", "make_sft_logps", "make_pair_rewards", "make_pair_differences", "make_token_kl"]
 
 
+@functools.lru_cache(maxsize=32)
 def make_pair_logps(graphdef, chunk_size: int):
     """`(state, preference batch) -> (chosen [B], rejected [B])` summed response log-probs."""
 
@@ -29,6 +34,7 @@ def make_pair_logps(graphdef, chunk_size: int):
     return fn
 
 
+@functools.lru_cache(maxsize=32)
 def make_sft_logps(graphdef, chunk_size: int):
     """`(state, sft batch) -> (logps [B], tokens [B])`: response log-prob sums and lengths."""
 
@@ -40,6 +46,7 @@ def make_sft_logps(graphdef, chunk_size: int):
     return fn
 
 
+@functools.lru_cache(maxsize=32)
 def make_pair_rewards(graphdef):
     """Reward model: `(state, preference batch) -> (r_chosen [B], r_rejected [B])`."""
 
@@ -54,6 +61,7 @@ def make_pair_rewards(graphdef):
     return fn
 
 
+@functools.lru_cache(maxsize=32)
 def make_pair_differences(graphdef):
     """Difference model: `(state, pairwise batch) -> (D(x,a,b) [B], D(x,b,a) [B])`; their antisymmetric
     part (`jaxalign.losses.antisymmetric_difference`) is the predicted reward difference r(a) − r(b)."""
@@ -68,6 +76,7 @@ def make_pair_differences(graphdef):
     return fn
 
 
+@functools.lru_cache(maxsize=32)
 def make_token_kl(student_graphdef, teacher_graphdef, chunk_size: int):
     """`(student_state, teacher_state, sft batch) -> (kl_sum [B], tokens [B])`: forward KL(teacher‖student)
     summed over each response's tokens (chunked; the full-vocabulary distributions of both models)."""

@@ -170,3 +170,20 @@ def test_teacher_logp_of_policy_samples_equals_a_full_logits_computation(eval_ru
     mask = loss_mask[:, 1:]
     expected = float((token * mask).sum() / mask.sum())
     assert results["models"]["student"]["teacher_logp_per_token"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_empty_sample_loses_to_a_non_empty_one_without_the_judge(eval_run, judge_folder):
+    from jaxalign.pipeline.evaluate import Evaluator
+
+    config = eval_run[0]
+    evaluator = Evaluator(config)
+    judge = evaluator._load(config.eval.judge, "eval.judge", head="score")
+    prompt = [{"role": "user", "content": "q?"}]
+    say = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    rows = [{"prompt": prompt, "chosen": say(""), "rejected": say("an answer")},
+            {"prompt": prompt, "chosen": say("an answer"), "rejected": say(" ")},
+            {"prompt": prompt, "chosen": say(""), "rejected": say("")},
+            {"prompt": prompt, "chosen": say("one answer"), "rejected": say("another")}]
+    margins = evaluator.judge_margins(judge, rows)
+    assert margins[0] == -np.inf and margins[1] == np.inf and margins[2] == 0.0
+    assert np.isfinite(margins[3]) and margins[3] != 0.0  # scored by the judge
