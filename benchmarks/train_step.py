@@ -4,29 +4,36 @@ Setup (the issue's): float32 ``bench-llama-4x512`` (4 layers, hidden 512, MLP 13
 heads, vocab 32000, untied head), 8 pairs x 256 tokens (prompt 64, response 192), DPO sigmoid with
 the reference forward inside the step, AdamW. Token ids are random.
 
-    .venv/bin/python benchmarks/train_step.py                      # jaxalign as shipped + tuned
+    .venv/bin/python benchmarks/train_step.py                      # jaxalign as shipped + the previous head
     .venv/bin/python benchmarks/train_step.py --torch --trl        # + plain PyTorch loop + TRL DPOTrainer
-    .venv/bin/python benchmarks/train_step.py --variant shipped --variant "head=response,chunk=1024"
+    .venv/bin/python benchmarks/train_step.py --variant shipped --variant "chunk=1024,save=0"
 
 Every framework / variant runs in its own subprocess (its peak RSS is its own; XLA flags are read at
 start-up). The float32 matmul peak (jnp ``N x N @ N x N``, best of several) is measured by the parent
 before and after the children, and the better of the two is the reference: the machine may be shared,
 so compare the ratios printed at the end, all measured in one run, rather than absolute figures.
 
-A jaxalign variant is a name (``shipped``, ``tuned``) or comma-separated ``key=value`` pairs over
-``shipped``:
+A jaxalign variant is a name (``shipped``, ``previous``) or comma-separated ``key=value`` pairs
+over ``shipped`` (the library's defaults):
 
   remat=none|full|dots     per-layer rematerialisation (``init_model(remat=...)``)
-  layers=scan|unroll       decoder layers under ``lax.scan`` (shipped) or a Python loop over static
-                           slices of the stacked weights (monkeypatched here)
-  head=all|response|fused  LM head + log-softmax on every position (shipped) or only on the
-                           positions whose target is scored (loss mask), compacted across rows,
-                           differentiated by JAX (response) or by a hand-written VJP (fused)
-                           (both monkeypatched here)
-  chunk=N                  head=all: ``LossConfig.chunk_size`` (positions per row per chunk);
-                           head=response: scored tokens per chunk (all rows together)
-  head_remat=1|0           recompute each head chunk's logits in the backward pass (shipped: 1) or
-                           keep them from the forward (0: no recompute, +[tokens, vocab] float32)
+  layers=scan|unroll       decoder layers under ``lax.scan`` (the library) or a Python loop over static
+                           slices of the stacked weights (monkeypatched here: a proposal)
+  head=scored|all          LM head + log-softmax only on the scored positions, packed across rows,
+                           hand-written VJP (the library's default, ``masked_token_logprobs``), or on
+                           every position chunked per row (``sequence_logps(scored_only=False)``, the
+                           previous default)
+  chunk=N                  ``LossConfig.chunk_size``: head=scored: packed positions per chunk;
+                           head=all: positions per row per chunk
+  save=auto|1|0            head=scored: keep the forward's logits for the backward pass (1), recompute
+                           them (0), or the library's rule (auto: keep them when the packed buffer holds
+                           at most rows * chunk positions)
+  attn=grouped|dpa         attention as the library computes it (``decoder.attention``: the query heads
+                           of a KV head in one matmul) or ``jax.nn.dot_product_attention`` (the previous
+                           code; monkeypatched here)
+  linear=custom|autodiff   projections with the library's custom VJP (``decoder._matmul``: the weight
+                           gradient transposes the smaller operand) or plain autodiff (the previous code,
+                           what remat=dots uses; monkeypatched here)
   ref=model|cached         reference forward in the step (the issue's setup) or precomputed
                            reference log-probs in the batch (jaxalign's ``score`` stage; informative only)
   xla=FLAGS                extra XLA_FLAGS for this variant (space-separated)
@@ -48,11 +55,13 @@ import tempfile
 import time
 
 PRESET = "bench-llama-4x512"
-SHIPPED = {"remat": "none", "layers": "scan", "head": "all", "chunk": "256", "head_remat": "1", "ref": "model", "xla": ""}
+SHIPPED = {"remat": "none", "layers": "scan", "head": "scored", "chunk": "256", "save": "auto", "attn": "grouped",
+           "linear": "custom", "ref": "model", "xla": ""}
 NAMED = {
     "shipped": {},
-    # Best combination found on the 2-core CPU this was written on (benchmarks/README.md).
-    "tuned": {"layers": "unroll", "head": "response", "chunk": "1024", "head_remat": "0"},
+    # The library before the issue-4 speed work: LM head on every position with a target, chunked per
+    # row, logits recomputed in the backward pass; jax.nn.dot_product_attention; autodiff projections.
+    "previous": {"head": "all", "attn": "dpa", "linear": "autodiff"},
 }
 
 
@@ -91,8 +100,8 @@ def flop_counts(hf: dict, pairs: int, prompt: int, response: int) -> dict:
                the non-causal convention, which is also what XLA's attention executes)
     step     = 3 * forward(policy) [fwd + bwd = 2x fwd] + 1 * forward(reference)
     head_tokens: "issue" formula = every token (rows*T); "all" = rows*(T-1) positions that have a
-    next-token target (what the shipped chunked head computes); "response" = rows*response (only the
-    scored positions, what head=response computes).
+    next-token target (what head=all computes); "response" = rows*response (only the scored
+    positions, what head=scored, the library's default, computes).
     """
     L, D, F, V = hf["num_hidden_layers"], hf["hidden_size"], hf["intermediate_size"], hf["vocab_size"]
     H, K = hf["num_attention_heads"], hf["num_key_value_heads"]
@@ -115,7 +124,7 @@ def flop_counts(hf: dict, pairs: int, prompt: int, response: int) -> dict:
 
 
 def variant_flops(fl: dict, v: dict) -> float:
-    key = "response" if v["head"] == "response" else "all"
+    key = "response" if v["head"] == "scored" else "all"
     return fl[key if v["ref"] == "model" else key + "_noref"]
 
 
@@ -153,153 +162,6 @@ def torch_matmul_peak(n: int, reps: int) -> float:
 
 
 # ------------------------------------------------------------------------------ jaxalign patches
-def compact_token_logprobs(hidden, head, targets, mask, *, chunk_tokens: int, remat: bool):
-    """``log softmax(hidden @ head)[target]`` only where ``mask`` is set: ``[B, T]`` float32, 0 elsewhere.
-
-    The scored positions of all rows are gathered to the front of one flat ``[B*T]`` order (stable
-    argsort), cut into chunks of ``chunk_tokens`` and run under ``lax.scan``; a chunk past the number
-    of scored tokens is skipped by ``lax.cond`` (forward and backward), so the head costs
-    ``ceil(count / chunk) * chunk`` tokens instead of ``B * T``. Shapes stay static.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    B, T, D = hidden.shape
-    V = head.shape[1]
-    M = B * T
-    h, t, m = hidden.reshape(M, D), targets.reshape(M).astype(jnp.int32), mask.reshape(M)
-    order = jnp.argsort(jnp.where(m, 0, 1), stable=True)
-    count = jnp.sum(m.astype(jnp.int32))
-    C = max(1, min(int(chunk_tokens), M))
-    n = math.ceil(M / C)
-    order_p = jnp.pad(order, (0, n * C - M))
-    hs = h[order_p].reshape(n, C, D)
-    ts = t[order_p].reshape(n, C)
-
-    def chunk(hc, tc):
-        logits = jnp.einsum("cd,dv->cv", hc, head, preferred_element_type=jnp.float32)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        valid = (tc >= 0) & (tc < V)
-        picked = jnp.take_along_axis(logits, jnp.where(valid, tc, 0)[:, None], axis=-1)[:, 0]
-        return jnp.where(valid, picked - lse, 0.0)
-
-    fn = jax.checkpoint(chunk) if remat else chunk
-
-    def body(_, xs):
-        i, hc, tc = xs
-        out = jax.lax.cond(i * C < count, fn, lambda hc, tc: jnp.zeros((C,), jnp.float32), hc, tc)
-        return None, out
-
-    _, ys = jax.lax.scan(body, None, (jnp.arange(n), hs, ts))
-    ys = jnp.where(jnp.arange(M) < count, ys.reshape(-1)[:M], 0.0)
-    return jnp.zeros((M,), jnp.float32).at[order].set(ys).reshape(B, T)
-
-
-def fused_token_logprobs(hidden, head, targets, mask, *, chunk_tokens: int, store_logits: bool):
-    """``compact_token_logprobs`` with a hand-written VJP (``jax.custom_vjp``).
-
-    Same compaction and chunk skipping, but the backward pass is one fused loop per chunk:
-    ``dlogits = g * (onehot(target) - softmax)``, ``dh = dlogits @ head.T``, ``dhead += h.T @ dlogits``,
-    with the softmax from the logits stored by the forward (``store_logits``: no recompute, +[n*C, V]
-    float32) or recomputed (``jax.checkpoint``-like cost, no extra memory). Residuals are exactly the
-    chunk inputs, their log-normalisers and, optionally, the logits: no per-chunk copies of the head
-    and no zero-filled residuals for skipped chunks, which autodiff of ``lax.cond`` under ``lax.scan``
-    produces.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    B, T, D = hidden.shape
-    V = head.shape[1]
-    M = B * T
-    h, t, m = hidden.reshape(M, D), targets.reshape(M).astype(jnp.int32), mask.reshape(M)
-    order = jnp.argsort(jnp.where(m, 0, 1), stable=True)
-    count = jnp.sum(m.astype(jnp.int32))
-    C = max(1, min(int(chunk_tokens), M))
-    n = math.ceil(M / C)
-    order_p = jnp.pad(order, (0, n * C - M))
-    hs = h[order_p].reshape(n, C, D)
-    ts = t[order_p].reshape(n, C)
-    valid = (ts >= 0) & (ts < V)
-    ts = jnp.where(valid, ts, 0)
-
-    def forward(hs, head, keep):
-        def compute(hc, tc):
-            logits = jnp.einsum("cd,dv->cv", hc, head, preferred_element_type=jnp.float32)
-            lse = jax.nn.logsumexp(logits, axis=-1)
-            picked = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
-            return (picked - lse, lse) + ((logits,) if keep else ())
-
-        def skip(hc, tc):
-            zeros = (jnp.zeros((C,), jnp.float32), jnp.zeros((C,), jnp.float32))
-            return zeros + ((jnp.zeros((C, V), jnp.float32),) if keep else ())
-
-        def body(_, xs):
-            i, hc, tc = xs
-            return None, jax.lax.cond(i * C < count, compute, skip, hc, tc)
-
-        _, outs = jax.lax.scan(body, None, (jnp.arange(n), hs, ts))
-        return outs
-
-    @jax.custom_vjp
-    def head_logps(hs, head):
-        return forward(hs, head, False)[0]
-
-    def fwd(hs, head):
-        outs = forward(hs, head, store_logits)
-        return outs[0], (hs, head, outs[1], outs[2] if store_logits else None)
-
-    def bwd(res, g):
-        hs, head, lses, stored = res
-        g = jnp.where(valid, g, 0.0)
-        vocab_iota = jnp.arange(V, dtype=jnp.int32)[None, :]
-
-        def compute(dW, hc, tc, lse, gc, lg):
-            if lg is None:
-                lg = jnp.einsum("cd,dv->cv", hc, head, preferred_element_type=jnp.float32)
-            dl = gc[:, None] * ((vocab_iota == tc[:, None]).astype(jnp.float32) - jnp.exp(lg - lse[:, None]))
-            dh = jnp.einsum("cv,dv->cd", dl, head, preferred_element_type=jnp.float32)
-            return dW + jnp.einsum("dc,cv->dv", hc.T, dl, preferred_element_type=jnp.float32), dh
-
-        def body(dW, xs):
-            i, hc, tc, lse, gc = xs[:5]
-            lg = xs[5] if store_logits else None
-            return jax.lax.cond(i * C < count, lambda dW: compute(dW, hc, tc, lse, gc, lg),
-                                lambda dW: (dW, jnp.zeros((C, D), jnp.float32)), dW)
-
-        xs = (jnp.arange(n), hs, ts, lses, g) + ((stored,) if store_logits else ())
-        dW, dhs = jax.lax.scan(body, jnp.zeros(head.shape, jnp.float32), xs)
-        return dhs.astype(hs.dtype), dW.astype(head.dtype)
-
-    head_logps.defvjp(fwd, bwd)
-    ys = head_logps(hs, head)
-    ys = jnp.where(valid, ys, 0.0)
-    ys = jnp.where(jnp.arange(M) < count, ys.reshape(-1)[:M], 0.0)
-    return jnp.zeros((M,), jnp.float32).at[order].set(ys).reshape(B, T)
-
-
-def chunked_over_time_no_remat(body, xs, chunk_size):
-    """``jaxalign.ops._chunking.chunked_over_time`` without ``jax.checkpoint`` (logits kept for the backward)."""
-    import jax
-    import jax.numpy as jnp
-
-    batch, seq = xs[0].shape[:2]
-    chunk = max(1, min(int(chunk_size), seq))
-    n = math.ceil(seq / chunk)
-    if n <= 1:
-        return body(*xs)
-    pad = n * chunk - seq
-
-    def to_chunks(x):
-        if pad:
-            x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return jnp.moveaxis(x.reshape(batch, n, chunk, *x.shape[2:]), 1, 0)
-
-    _, ys = jax.lax.scan(lambda c, cx: (c, body(*cx)), None, tuple(to_chunks(x) for x in xs))
-    ys = jnp.moveaxis(ys, 0, 1).reshape(batch, n * chunk, *ys.shape[3:])
-    return ys[:, :seq]
-
-
 def apply_patches(v: dict) -> None:
     """Monkeypatch jaxalign for a variant (this process only; the repository is not edited)."""
     import jax
@@ -312,7 +174,7 @@ def apply_patches(v: dict) -> None:
             config = self.config
 
             def body(carry, p):
-                return dec.decoder_layer(config, p, carry, cos, sin, mask)
+                return dec.decoder_layer(config, p, carry, cos, sin, mask, custom_grad=self.remat != "dots")
 
             if self.remat != "none":
                 body = jax.checkpoint(body, policy=dec.REMAT_POLICIES[self.remat])
@@ -330,31 +192,30 @@ def apply_patches(v: dict) -> None:
 
         dec.Decoder._run_layers = _run_layers
 
-    if v["head"] == "all" and v["head_remat"] == "0":
-        from jaxalign.ops import logprobs
+    if v["attn"] == "dpa":
+        from jaxalign.models import decoder as dec
 
-        logprobs.chunked_over_time = chunked_over_time_no_remat
+        dec.attention = lambda q, k, v, mask: jax.nn.dot_product_attention(q, k, v, mask=mask)
 
-    if v["head"] in ("response", "fused"):
-        import jax.numpy as jnp
+    if v["linear"] == "autodiff":
+        from jaxalign.models import decoder as dec
 
-        from jaxalign.ops import segment_logprobs
+        linear = dec._linear
+        dec._linear = lambda x, w, b=None, custom_grad=True: linear(x, w, b, custom_grad=False)
+
+    if v["head"] != "scored" or v["save"] != "auto":
+        import functools
+
         from jaxalign.train import forward, objectives
 
-        def sequence_logps(model, seqs, num_segments, *, chunk_size, mesh=None):
-            hidden = model.hidden_states(seqs.input_ids, seqs.positions, seqs.segment_ids)
-            mask, seg = seqs.loss_mask[:, 1:], seqs.segment_ids[:, 1:]
-            if v["head"] == "fused":
-                tok = fused_token_logprobs(hidden[:, :-1], model.lm_head_weight(), seqs.input_ids[:, 1:], mask != 0,
-                                           chunk_tokens=chunk_size, store_logits=v["head_remat"] == "0")
-            else:
-                tok = compact_token_logprobs(hidden[:, :-1], model.lm_head_weight(), seqs.input_ids[:, 1:], mask != 0,
-                                             chunk_tokens=chunk_size, remat=v["head_remat"] == "1")
-            logps = segment_logprobs(tok, mask, seg, num_segments)
-            lengths = segment_logprobs(jnp.ones_like(tok), mask, seg, num_segments)
-            return forward.SequenceOutput(logps, lengths, hidden)
-
-        objectives.sequence_logps = sequence_logps
+        if v["head"] == "all":
+            patched = functools.partial(forward.sequence_logps, scored_only=False)
+        else:
+            save = v["save"] == "1"
+            scored = functools.partial(forward.scored_token_logps, save_logits=save)
+            forward.scored_token_logps = scored  # sequence_logps looks it up in its module at call time
+            patched = forward.sequence_logps
+        objectives.sequence_logps = patched
 
 
 # --------------------------------------------------------------------------------- jaxalign child
@@ -578,7 +439,7 @@ def steady(times: list, warmup: int) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("--variant", action="append", help="jaxalign variant (repeatable; default: shipped, tuned; 'none' for no jaxalign run)")
+    p.add_argument("--variant", action="append", help="jaxalign variant (repeatable; default: shipped, previous; 'none' for no jaxalign run)")
     p.add_argument("--torch", action="store_true", help="also time a plain PyTorch DPO loop")
     p.add_argument("--trl", action="store_true", help="also time trl.DPOTrainer (if trl is installed)")
     p.add_argument("--trl-no-gc", action="store_true",
@@ -607,7 +468,7 @@ def main():
         print(json.dumps(r))
         return
 
-    variants = [] if args.variant == ["none"] else [parse_variant(s) for s in (args.variant or ["shipped", "tuned"])]
+    variants = [] if args.variant == ["none"] else [parse_variant(s) for s in (args.variant or ["shipped", "previous"])]
     hf = hf_config()
     fl = flop_counts(hf, args.pairs, args.prompt_len, args.response_len)
     rows, T = 2 * args.pairs, args.prompt_len + args.response_len
@@ -632,7 +493,10 @@ def main():
               f"load average {tuple(round(x, 2) for x in os.getloadavg())}", flush=True)
         return value
 
-    runs = [(name, "jax", name, v["xla"], v) for name, v in variants]
+    runs, seen = [], {}
+    for name, v in variants:
+        seen[name] = seen.get(name, 0) + 1
+        runs.append((name if seen[name] == 1 else f"{name} #{seen[name]}", "jax", name, v["xla"], v))
     if args.torch:
         runs.append(("torch loop", "torch", "", "", None))
     if args.trl or args.trl_no_gc:
@@ -683,7 +547,7 @@ def main():
           "lower + compile of the jitted step; temp MB: compiled.memory_analysis() temp size; RSS: the run's "
           "process max RSS.")
     print("GF/s, %peak: FLOPs the run's math needs (LM head on all positions with a target, or only on the scored "
-          "ones for head=response/fused; no reference forward for ref=cached), rematerialisation never counted.")
+          "ones for head=scored; no reference forward for ref=cached), rematerialisation never counted.")
     print("GF/s*, %peak*: the issue's formula (LM head on every token) / time: throughput in FLOP/s units, comparable "
           "across runs.")
     print(f"peak: jnp {args.peak_size}^3 float32 matmul GFLOP/s, the better of the measurements just before and after "

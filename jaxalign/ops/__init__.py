@@ -1,6 +1,8 @@
 """Log-prob primitives that never materialise ``[batch, seq, vocab]`` float32 logits.
 
 - ``token_logprobs``: chunked LM head + log-softmax + target gather.
+- ``masked_token_logprobs``: the same only at the scored (masked) positions, packed into a
+  static buffer; chunks without a scored position are skipped; hand-written VJP.
 - ``sequence_logprobs`` / ``segment_logprobs``: masked per-sequence (or
   per-packed-segment) sums and means.
 - ``vocab_parallel_token_logprobs`` (inside ``jax.shard_map``) and
@@ -10,13 +12,20 @@
 """
 
 from jaxalign.ops.distill import DIVERGENCES, logits_divergence, token_distill_divergence, token_distill_loss
-from jaxalign.ops.logprobs import compute_logits, segment_logprobs, sequence_logprobs, token_logprobs
+from jaxalign.ops.logprobs import (
+    compute_logits,
+    masked_token_logprobs,
+    segment_logprobs,
+    sequence_logprobs,
+    token_logprobs,
+)
 from jaxalign.ops.vocab_parallel import sharded_token_logprobs, vocab_parallel_token_logprobs
 
 __all__ = [
     "DIVERGENCES",
     "compute_logits",
     "logits_divergence",
+    "masked_token_logprobs",
     "segment_logprobs",
     "sequence_logprobs",
     "sharded_token_logprobs",
