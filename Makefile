@@ -21,8 +21,7 @@ test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile
 
 main: $(STAMP)
-	$(VENV)/bin/jaxalign convert "$$($(PY) -c 'from jaxalign.models.bundled import smollm2_gguf_path; print(smollm2_gguf_path())')" runs/smollm2-135m-instruct --overwrite --verify
-	$(VENV)/bin/jaxalign prune runs/smollm2-135m-instruct runs/smollm2-student --fraction 0.2 --overwrite
+	$(VENV)/bin/jaxalign pipeline
 
 clean:
 	rm -rf $(VENV) runs
