@@ -167,7 +167,8 @@ class LossConfig:
     """Difference-model labels: binary (chosen ≻ rejected) | soft (P(chosen ≻ rejected)) | graded (a score difference)."""
 
     chunk_size: int = 256
-    """Sequence chunk of the LM head and log-softmax (never the full [batch, seq, vocab] logits at once)."""
+    """Positions per chunk of the LM head and log-softmax: scored (response) positions packed across the rows
+    of a batch shard (the vocab-parallel path: sequence positions per row); never full [batch, seq, vocab] logits."""
 
     rdo: RDOConfig = field(default_factory=RDOConfig)
     """RDO reward-difference weights of the pairs."""
