@@ -1,5 +1,6 @@
 """Test session set-up: 8 virtual CPU devices, float32 matmuls at full precision."""
 
+import contextlib
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -84,3 +85,27 @@ def tiny_hf_checkpoint(tmp_path_factory):
         return made[flavour]
 
     return make
+
+
+@contextlib.contextmanager
+def fast_compiles(tmp_path_factory):
+    """For compile-bound modules: XLA's cheaper optimisation level and a persistent compilation cache
+    (a user-configured cache is left as it is); both restored on exit. Yields the settings in force."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    settings = {"jax_disable_most_optimizations": True}
+    if not jax.config.values["jax_compilation_cache_dir"]:
+        settings.update({"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+                         "jax_persistent_cache_min_compile_time_secs": 0.0,
+                         "jax_persistent_cache_min_entry_size_bytes": 0})
+    old = {k: jax.config.values[k] for k in settings}
+    for k, v in settings.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
+        compilation_cache.reset_cache()

@@ -10,12 +10,11 @@ is the recipe's own.
 import math
 from pathlib import Path
 
-import jax
 import pytest
 
 from jaxalign.config import load_config
 from jaxalign.train.trainer import train
-from tests.conftest import _byte_tokenizer
+from tests.conftest import _byte_tokenizer, fast_compiles
 from tests.train.conftest import synthetic_preferences, write_jsonl
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -29,23 +28,8 @@ DATA = {"sft": "sft", "dsft": "sft", "difference_model": "graded", "rdo_dpo": "r
 def _fast_compiles(tmp_path_factory):
     """Compile-bound: XLA's cheaper optimisation level and a persistent cache shared by the runs
     (model and optimizer initialisers are the same in every recipe); restored afterwards."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    settings = {"jax_disable_most_optimizations": True}
-    if not jax.config.values["jax_compilation_cache_dir"]:
-        settings.update({"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-                         "jax_persistent_cache_min_compile_time_secs": 0.0,
-                         "jax_persistent_cache_min_entry_size_bytes": 0})
-    old = {k: jax.config.values[k] for k in settings}
-    for k, v in settings.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-    try:
+    with fast_compiles(tmp_path_factory):
         yield
-    finally:
-        for k, v in old.items():
-            jax.config.update(k, v)
-        compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")

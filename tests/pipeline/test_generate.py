@@ -12,6 +12,8 @@ import jax
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import fast_compiles
+
 from jaxalign.config import load_config
 from jaxalign.data import DataError
 from jaxalign.pipeline import generate as generate_mod
@@ -44,27 +46,11 @@ def subprocess_env(tmp_path_factory):
     """Compile-bound module: XLA's cheaper optimisation level and a persistent compilation cache that the
     `jaxalign` subprocesses share (same settings there, so they reuse this process's compilations and
     compute bit-identical numbers). Returns the subprocesses' environment; settings restored afterwards."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    settings = {"jax_disable_most_optimizations": True}
-    if not jax.config.values["jax_compilation_cache_dir"]:
-        settings.update({"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-                         "jax_persistent_cache_min_compile_time_secs": 0.0,
-                         "jax_persistent_cache_min_entry_size_bytes": 0})
-    old = {k: jax.config.values[k] for k in settings}
-    for k, v in settings.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-               JAX_DEFAULT_MATMUL_PRECISION=str(jax.config.values["jax_default_matmul_precision"]),
-               JAX_COMPILATION_CACHE_DIR=jax.config.values["jax_compilation_cache_dir"],
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    try:
-        yield env
-    finally:
-        for k, v in old.items():
-            jax.config.update(k, v)
-        compilation_cache.reset_cache()
+    with fast_compiles(tmp_path_factory):
+        yield dict(os.environ, PYTHONPATH=REPO, JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+                   JAX_DEFAULT_MATMUL_PRECISION=str(jax.config.values["jax_default_matmul_precision"]),
+                   JAX_COMPILATION_CACHE_DIR=jax.config.values["jax_compilation_cache_dir"],
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import jax
 import numpy as np
 import pytest
+
+from tests.conftest import fast_compiles
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "rdo_synthetic.py"
 TRAIN_PAIRS, HELDOUT_PAIRS, STEPS = 1024, 128, 30
@@ -35,23 +36,8 @@ def _benchmark_module():
 def _fast_compiles(tmp_path_factory):
     """Compile-bound module: XLA's fast-compile mode and a persistent cache (as in tests/train/test_objectives.py);
     both restored afterwards."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    settings = {"jax_disable_most_optimizations": True}
-    if not jax.config.values["jax_compilation_cache_dir"]:
-        settings.update({"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-                         "jax_persistent_cache_min_compile_time_secs": 0.0,
-                         "jax_persistent_cache_min_entry_size_bytes": 0})
-    old = {k: jax.config.values[k] for k in settings}
-    for k, v in settings.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-    try:
+    with fast_compiles(tmp_path_factory):
         yield
-    finally:
-        for k, v in old.items():
-            jax.config.update(k, v)
-        compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests.conftest import fast_compiles
 from flax import nnx
 
 from jaxalign.config import load_config
@@ -45,23 +47,8 @@ def _fast_compiles(tmp_path_factory):
       initialisers) between the module's runs instead of recompiling them per `Trainer`.
     Both are restored afterwards.
     """
-    from jax.experimental.compilation_cache import compilation_cache
-
-    settings = {"jax_disable_most_optimizations": True}
-    if not jax.config.values["jax_compilation_cache_dir"]:  # a user-configured cache is left as it is
-        settings.update({"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-                         "jax_persistent_cache_min_compile_time_secs": 0.0,
-                         "jax_persistent_cache_min_entry_size_bytes": 0})
-    old = {k: jax.config.values[k] for k in settings}
-    for k, v in settings.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-    try:
+    with fast_compiles(tmp_path_factory):
         yield
-    finally:
-        for k, v in old.items():
-            jax.config.update(k, v)
-        compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
