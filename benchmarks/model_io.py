@@ -1,7 +1,8 @@
-"""Model-layer figures for SmolLM2-135M-Instruct: GGUF import time, load time, peak host memory,
-greedy generation tokens/s at batch 1 and 16.
+"""Model-layer figures for SmolLM2-135M-Instruct: GGUF import time, load time, peak host memory.
 
-    python benchmarks/model_io.py [--new-tokens 64]
+    python benchmarks/model_io.py [--hf-dir DIR]
+
+(Sampling throughput: ``benchmarks/generation.py``.)
 
 Each load is measured in a fresh subprocess so its peak RSS is its own.
 """
@@ -33,7 +34,6 @@ print(json.dumps({"load_s": load_s, "rss_before_mb": base / 1024, "peak_rss_mb":
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--hf-dir", default="", help="an already imported HF folder (default: import the GGUF)")
     args = parser.parse_args()
 
@@ -54,24 +54,6 @@ def main():
               f"(after imports {r['rss_before_mb']:.0f} MB; weights {weights_mb:.0f} MB; "
               f"load added {r['peak_rss_mb'] - r['rss_before_mb']:.0f} MB = "
               f"{(r['peak_rss_mb'] - r['rss_before_mb']) / weights_mb:.2f}x the weights)")
-
-    from jaxalign.generation import SamplingParams, encode_prompts, generate_ids
-    from jaxalign.models import load_pretrained
-
-    model, tokenizer = load_pretrained(hf_dir)
-    prompts = [[{"role": "user", "content": f"Write a short story about a robot number {i}."}] for i in range(16)]
-    ids = encode_prompts(tokenizer, prompts)
-    for batch in (1, 16):
-        kw = dict(max_new_tokens=args.new_tokens, sampling=SamplingParams(0.0), eos_token_ids=(), pad_token_id=tokenizer.pad_token_id)
-        t = time.perf_counter()
-        generate_ids(model, ids[:batch], **kw)
-        first = time.perf_counter() - t
-        t = time.perf_counter()
-        out = generate_ids(model, ids[:batch], **kw)
-        steady = time.perf_counter() - t
-        n = sum(len(o) for o in out)
-        print(f"greedy generation batch {batch:2d}: {n / steady:7.1f} tokens/s ({n} tokens in {steady:.2f} s; "
-              f"first call incl. compile {first:.2f} s), prompt {max(len(i) for i in ids[:batch])} tokens")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+#: Libraries whose INFO lines would bury jaxalign's own progress (Orbax logs every save step
+#: through absl; jax reports each accelerator plugin it did not find). Their warnings still show.
+QUIET_LOGGERS = ("absl", "jax._src.xla_bridge")
+
+
+def configure_logging() -> None:
+    """jaxalign at INFO, the libraries in ``QUIET_LOGGERS`` at WARNING."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("jaxalign").setLevel(logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args) or 0
