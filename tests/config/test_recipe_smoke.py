@@ -85,5 +85,6 @@ def test_recipe_trains_on_a_tiny_model(recipe, data_files, tokenizer_dir, tmp_pa
 
 
 def test_every_training_recipe_is_covered():
-    documented = {p.stem for p in CONFIGS.glob("*.yaml")} - {"tiny_dpo"}
+    # pipeline_*.yaml run several stages: tests/pipeline/test_runner.py runs them
+    documented = {p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("pipeline_")} - {"tiny_dpo"}
     assert documented == set(RECIPES)
