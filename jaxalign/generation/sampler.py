@@ -112,12 +112,22 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def encode_prompts(tokenizer, prompts: Sequence, *, chat_template: bool | None = None) -> list[list[int]]:
-    """Token ids per prompt; message lists (and strings when chat_template=True) go through the chat template."""
+def encode_prompts(tokenizer, prompts: Sequence, *, chat_template: bool | None = None,
+                   add_bos: bool | None = None) -> list[list[int]]:
+    """Token ids per prompt, laid out as training lays out a prompt (``jaxalign.data.tokenize.Encoder``).
+
+    Message lists (and strings when ``chat_template=True``) go through the chat template, which
+    places BOS itself; plain text is ``[BOS] + tok(text)`` with BOS per ``add_bos`` (None: when the
+    tokenizer has one), never doubled.
+    """
+    bos = tokenizer.bos_token_id
+    add_bos = (bos is not None) if add_bos is None else bool(add_bos)
     encoded = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str) and not chat_template:
-            ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if ids and add_bos and bos is not None and ids[0] != bos:
+                ids = [bos] + ids
         else:
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
             if not getattr(tokenizer, "chat_template", None):

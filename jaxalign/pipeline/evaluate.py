@@ -96,7 +96,7 @@ class Evaluator:
 
     def _sampler(self, spec, key: str) -> PolicySampler:
         return PolicySampler(spec, key=key, chat_setting=self.config.data.use_chat_template,
-                             max_new_tokens=self.ev.max_new_tokens, sampling=self.sampling)
+                             add_bos=self.config.data.add_bos, max_new_tokens=self.ev.max_new_tokens, sampling=self.sampling)
 
     def _prepare(self, rows: list[dict], task: str, tokenizer=None, on_bad_row: str = "skip"):
         cfg = dataclasses.replace(self.data_cfg, task=task, format="auto", on_bad_row=on_bad_row, path="")

@@ -83,11 +83,12 @@ class PolicySampler:
     """
 
     def __init__(self, spec: GenerateModel, *, key: str, chat_setting: bool | None, max_new_tokens: int,
-                 sampling: SamplingParams, bucket: int = 64):
+                 sampling: SamplingParams, add_bos: bool | None = None, bucket: int = 64):
         self.spec, self.key = spec, key
         self.tokenizer = build_tokenizer(spec, key=key)
         self.model_config = build_model_config(spec, key=key)
         self.chat_setting = chat_setting
+        self.add_bos = add_bos
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling
         self.bucket = bucket
@@ -107,7 +108,7 @@ class PolicySampler:
         out = []
         for row in rows:
             chat = uses_chat_template(self.tokenizer, self.chat_setting, row["prompt"])
-            ids = encode_prompts(self.tokenizer, [row["prompt"]], chat_template=chat)[0]
+            ids = encode_prompts(self.tokenizer, [row["prompt"]], chat_template=chat, add_bos=self.add_bos)[0]
             if len(ids) + self.max_new_tokens > limit:
                 raise DataError(
                     f"{where}:row {row['prompt_id']}: field 'prompt' has {len(ids)} tokens; with max_new_tokens="
@@ -181,7 +182,8 @@ def run_generate(config: Config) -> GenerateResult:
         raise DataError(f"generate.mode='pairs' needs two models, got {len(specs)}")
     sampling = SamplingParams(gen.temperature, gen.top_k, gen.top_p)
     samplers = [PolicySampler(s, key=f"generate.models[{i}]" if gen.models else ("teacher" if gen.mode == "pairs" and i == 0 else "model"),
-                              chat_setting=config.data.use_chat_template, max_new_tokens=gen.max_new_tokens, sampling=sampling)
+                              chat_setting=config.data.use_chat_template, add_bos=config.data.add_bos,
+                              max_new_tokens=gen.max_new_tokens, sampling=sampling)
                 for i, s in enumerate(specs)]
     if gen.mode == "pairs" and samplers[0].model_config.vocab_size != samplers[1].model_config.vocab_size:
         raise DataError(

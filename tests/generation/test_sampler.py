@@ -75,3 +75,18 @@ def test_prompt_longer_than_context_is_refused(model):
 def test_empty_prompt_list_is_refused(model):
     with pytest.raises(ValueError, match="prompts is empty"):
         generate_ids(model, [], max_new_tokens=4)
+
+
+@pytest.mark.parametrize("add_bos", [None, False])
+def test_prompt_ids_are_laid_out_as_training_lays_them_out(byte_tokenizer, add_bos):
+    # the byte tokenizer has a BOS that it does not add by itself: training prepends it to plain text
+    from jaxalign.data.formats import Record
+    from jaxalign.data.tokenize import Encoder
+    from jaxalign.generation import encode_prompts
+
+    text, chat = "what is 2 plus 2?", [{"role": "user", "content": "what is 2 plus 2?"}]
+    encoder = Encoder(byte_tokenizer, add_bos=add_bos)
+    trained = [encoder.encode([Record(0, p, r, conversational=isinstance(p, list))])[0].prompt.tolist()
+               for p, r in ((text, "4"), (chat, [{"role": "assistant", "content": "4"}]))]
+    assert encode_prompts(byte_tokenizer, [text, chat], add_bos=add_bos) == trained
+    assert (trained[0][0] == byte_tokenizer.bos_token_id) == (add_bos is None)
