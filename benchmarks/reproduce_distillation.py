@@ -1,6 +1,6 @@
 """SFT-only vs dDPO vs daDPO (β_teacher sweep) on the pruned SmolLM2 student, same data and steps.
 
-    python benchmarks/reproduce_distillation.py [--steps 8] [--betas 0.05 0.1 0.5] [--out docs/distillation]
+    python benchmarks/reproduce_distillation.py [--steps 12] [--betas 0.002 0.01 0.1] [--out docs/distillation]
 
 Builds on the main job (`make main`; run first if its outputs are missing): the
 20%-pruned student, its teacher/student pairs on the shipped training prompts
@@ -15,7 +15,8 @@ and evaluates all of them with the main job's ``eval`` stage on the held-out
 prompts (forward KL to the teacher per token on the teacher's responses, the
 teacher's log-likelihood per token of each model's samples, win rate against
 the teacher by the judge). Writes ``<out>.md`` (table, settings, what was
-measured) and ``<out>.png``. Every run's folder stays under ``runs/reproduce``.
+measured) and ``<out>.png``. Every run's folder stays under ``runs/reproduce/steps<N>-lr<LR>``; a rerun
+with the same settings reuses the trained models and only evaluates again.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def start_regime(pairs: list[dict], betas: list[float]) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=8, help="optimizer steps of every method")
-    p.add_argument("--betas", type=float, nargs="+", default=[0.05, 0.1, 0.5], help="daDPO β_teacher values")
+    p.add_argument("--steps", type=int, default=12, help="optimizer steps of every method")
+    p.add_argument("--betas", type=float, nargs="+", default=[0.002, 0.01, 0.1], help="daDPO β_teacher values")
     p.add_argument("--lr", type=float, default=5e-6)
     p.add_argument("--runs", default="runs/reproduce")
     p.add_argument("--out", default="docs/distillation")
@@ -75,7 +76,7 @@ def main():
     # The main job's data stages (pruned student, pairs, cached log-probs, judge); skipped when present.
     run_pipeline(RECIPE, args.overrides, stop_after="judge")
     base = load_config(RECIPE, args.overrides, check=False)
-    runs = Path(args.runs)
+    runs = Path(args.runs) / f"steps{args.steps}-lr{args.lr:g}"  # a finished run is reused only with the same settings
     scored = base.score.output
     sft_file = write_rows_atomic(sft_rows(load_table(scored)), runs / "sft.jsonl")
 
