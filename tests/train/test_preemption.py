@@ -36,14 +36,19 @@ def test_sigterm_sets_flag_and_handlers_are_restored():
 
 
 def test_second_sigint_raises_keyboard_interrupt():
-    with PreemptionGuard() as guard:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert _wait_for(lambda: guard.requested)
-        assert guard.signal_name == "SIGINT"
-        with pytest.raises(KeyboardInterrupt):
+    # Python's own handler, whatever this process inherited (a background job starts with SIGINT ignored)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with PreemptionGuard() as guard:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1.0)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert _wait_for(lambda: guard.requested)
+            assert guard.signal_name == "SIGINT"
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1.0)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_ignored_signals_stay_ignored_and_manual_request():
