@@ -90,7 +90,7 @@ def tiny_hf_checkpoint(tmp_path_factory):
 @contextlib.contextmanager
 def fast_compiles(tmp_path_factory):
     """For compile-bound modules: XLA's cheaper optimisation level and a persistent compilation cache
-    (a user-configured cache is left as it is); both restored on exit. Yields the settings in force."""
+    (a user-configured cache is left as it is); both restored on exit."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 

@@ -25,7 +25,7 @@ import numpy as np
 from jaxalign.data.errors import DataError, RowError
 from jaxalign.data.formats import Record
 
-__all__ = ["Encoder", "Encoded", "truncate_prompt", "truncate_pair_budget"]
+__all__ = ["Encoder", "Encoded", "with_bos", "truncate_prompt", "truncate_pair_budget"]
 
 _CHUNK = 512
 
@@ -38,6 +38,15 @@ class Encoded:
     prompt: np.ndarray
     responses: list[np.ndarray]
     retokenized: bool = False
+
+
+def with_bos(ids: list[int], bos: int | None, add_bos: bool | None) -> list[int]:
+    """A plain-text prompt's ids as training lays them out: ``[BOS] + ids`` when ``add_bos`` (None:
+    when there is a BOS), never doubled. The generation stages call this too, so a sampled prompt
+    is the prompt the trained model sees."""
+    if bos is not None and (add_bos is None or add_bos) and (not ids or ids[0] != bos):
+        return [bos] + ids
+    return ids
 
 
 class Encoder:
@@ -136,9 +145,7 @@ class Encoder:
                 continue
             kind, p, sides = plan
             if kind == "text":
-                prompt = list(ids[p])
-                if self.add_bos and (not prompt or prompt[0] != self.bos):
-                    prompt = [self.bos] + prompt
+                prompt = with_bos(list(ids[p]), self.bos, self.add_bos)
                 responses = [self._finish(list(ids[s])) for s in sides]
                 out.append(Encoded(rec, _i32(prompt), [_i32(r) for r in responses]))
                 continue

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxalign.data.tokenize import with_bos
 from jaxalign.models.decoder import Decoder
 
 
@@ -120,14 +121,11 @@ def encode_prompts(tokenizer, prompts: Sequence, *, chat_template: bool | None =
     places BOS itself; plain text is ``[BOS] + tok(text)`` with BOS per ``add_bos`` (None: when the
     tokenizer has one), never doubled.
     """
-    bos = tokenizer.bos_token_id
-    add_bos = (bos is not None) if add_bos is None else bool(add_bos)
     encoded = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str) and not chat_template:
             ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            if ids and add_bos and bos is not None and ids[0] != bos:
-                ids = [bos] + ids
+            ids = with_bos(ids, tokenizer.bos_token_id, add_bos) if ids else ids
         else:
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
             if not getattr(tokenizer, "chat_template", None):

@@ -39,4 +39,3 @@ def test_convert_missing_source_is_one_line_error(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.gguf"), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("jaxalign convert: error:") and "missing.gguf" in err and "\n" not in err
-
