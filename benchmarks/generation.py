@@ -27,7 +27,7 @@ def main():
 
     from jaxalign.generation.sampler import SamplingParams, encode_prompts, generate_ids
     from jaxalign.models import load_model, load_tokenizer
-    from jaxalign.models.pretrained import resolve_model_path
+    from jaxalign.models.resolve import resolve_model_path
 
     path = resolve_model_path("bundled:smollm2-135m-instruct")
     model, tokenizer = load_model(path, dtype=args.dtype), load_tokenizer(path)

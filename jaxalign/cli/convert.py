@@ -19,7 +19,8 @@ def add_parser(p: argparse.ArgumentParser):
 
 
 def run(args) -> int:
-    from jaxalign.models.pretrained import load_pretrained, resolve_model_path, save_pretrained
+    from jaxalign.models.pretrained import load_pretrained, save_pretrained
+    from jaxalign.models.resolve import resolve_model_path
 
     source = Path(args.source)
     if source.suffix == ".gguf":

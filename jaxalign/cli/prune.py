@@ -18,7 +18,7 @@ def add_parser(p: argparse.ArgumentParser):
 
 
 def run(args) -> int:
-    from jaxalign.models.pretrained import resolve_model_path
+    from jaxalign.models.resolve import resolve_model_path
     from jaxalign.models.prune import prune_checkpoint
 
     drop = [int(x) for x in args.layers.split(",")] if args.layers else None

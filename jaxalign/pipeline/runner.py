@@ -49,7 +49,7 @@ class PipelineResult:
 
 def run_prune(config: Config) -> tuple[Path, list[int]]:
     """Write ``prune.output``: ``prune.source`` (default ``teacher.path``) minus a fraction of its layers."""
-    from jaxalign.models.pretrained import resolve_model_path
+    from jaxalign.models.resolve import resolve_model_path
     from jaxalign.models.prune import prune_checkpoint
 
     pr = config.prune

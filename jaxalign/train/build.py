@@ -7,7 +7,7 @@ from jax.sharding import Mesh
 from jaxalign.config.presets import preset_hf_config
 from jaxalign.config.schema import ConfigError, ModelSpec
 from jaxalign.models import ModelConfig, init_model, load_model, load_tokenizer
-from jaxalign.models.pretrained import resolve_model_path
+from jaxalign.models.resolve import resolve_model_path
 
 
 def build_model(spec: ModelSpec, *, key: str, head: str = "lm", mesh: Mesh | None = None, seed: int = 0):
