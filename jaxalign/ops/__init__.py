@@ -1,4 +1,9 @@
-"""Log-prob primitives that never materialise ``[batch, seq, vocab]`` float32 logits.
+"""Attention and log-prob primitives.
+
+- ``attention``: grouped-query attention, one entry point for several kernels (xla, blockwise,
+  cudnn, splash); see ``jaxalign.ops.attention``'s module docstring.
+
+Log-prob primitives never materialise ``[batch, seq, vocab]`` float32 logits:
 
 - ``token_logprobs``: chunked LM head + log-softmax + target gather.
 - ``masked_token_logprobs``: the same only at the scored (masked) positions, packed into a
@@ -11,6 +16,7 @@
   teacher–student divergences (forward/reverse KL, generalised JSD).
 """
 
+from jaxalign.ops.attention import attention
 from jaxalign.ops.distill import DIVERGENCES, logits_divergence, token_distill_divergence, token_distill_loss
 from jaxalign.ops.logprobs import (
     compute_logits,
@@ -23,6 +29,7 @@ from jaxalign.ops.vocab_parallel import sharded_token_logprobs, vocab_parallel_t
 
 __all__ = [
     "DIVERGENCES",
+    "attention",
     "compute_logits",
     "logits_divergence",
     "masked_token_logprobs",

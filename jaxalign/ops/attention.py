@@ -9,15 +9,75 @@ non-zero segment, and, with ``causal``, ``kv_positions[s] <= q_positions[t]``, a
 the query's own). Positions default to ``arange`` (packed rows: segments are contiguous, so index
 order is position order inside each segment). A query with no key to attend to (padding) gives
 finite values that callers ignore.
+
+Implementations (``impl``):
+- ``"xla"``: dense math, ``O(T*S)`` memory (the ``[B,T,S]`` mask and float32 scores).
+- ``"blockwise"``: flash-style pure JAX (``_attention_blockwise``), memory linear in T; every backend.
+- ``"cudnn"``: cuDNN fused attention on NVIDIA GPUs, packed segments as ragged offsets
+  (``_attention_cudnn``).
+- ``"splash"``: the Pallas splash-attention kernel on TPU (``_attention_splash``).
+- ``"auto"``: cudnn on GPU, splash on TPU, on CPU blockwise when T or S is at least
+  ``AUTO_BLOCKWISE_MIN_LENGTH`` and xla below.
+A kernel that cannot express a call (float32 or soft-capping for cuDNN, decode shapes or explicit
+positions for both kernels) falls back to blockwise, logging why once; forcing a kernel on a backend
+that cannot run it is an error.
 """
 
 from __future__ import annotations
+
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLEMENTATIONS = ("auto", "xla")
+from jaxalign.ops import _attention_cudnn, _attention_splash
+from jaxalign.ops._attention_blockwise import blockwise_attention
+
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
+KERNEL_BACKENDS = {"cudnn": "gpu", "splash": "tpu"}
+# On CPU, blockwise from this many query (or key) tokens; below it xla's dense attention is faster.
+# Chosen from benchmarks/attention.py (forward+backward time ratio xla/blockwise per T, one run).
+AUTO_BLOCKWISE_MIN_LENGTH = 1024
+
+_log = logging.getLogger(__name__)
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        _log.warning(message)
+
+
+def resolve_impl(impl: str, q, k, *, layout_given: bool, causal: bool, sliding_window,
+                 logit_softcap, backend: str | None = None) -> str:
+    """The implementation that runs: ``auto`` picked per backend and length, kernels that cannot
+    express the call replaced by ``blockwise`` (logged once). Raises for a kernel forced on the wrong backend.
+    ``layout_given``: the caller passed positions or separate kv segment ids (kernels take neither)."""
+    backend = backend or jax.default_backend()
+    if impl in KERNEL_BACKENDS and backend != KERNEL_BACKENDS[impl]:
+        raise ValueError(f"attention impl={impl!r} (model.attention) needs a {KERNEL_BACKENDS[impl].upper()} "
+                         f"backend, this one is {backend!r}; use 'blockwise' or 'xla'")
+    if impl == "auto":
+        if backend == "gpu":
+            impl = "cudnn"
+        elif backend == "tpu":
+            impl = "splash"
+        else:
+            long = max(q.shape[1], k.shape[1]) >= AUTO_BLOCKWISE_MIN_LENGTH
+            return "blockwise" if long else "xla"
+    if impl == "cudnn":
+        reason = _attention_cudnn.unsupported_reason(q, k, layout_given=layout_given, causal=causal,
+                                                     sliding_window=sliding_window, logit_softcap=logit_softcap)
+    elif impl == "splash":
+        reason = _attention_splash.unsupported_reason(q, k, layout_given=layout_given)
+    else:
+        reason = None
+    if reason is not None:
+        _log_once(f"attention: {reason}; using 'blockwise' instead of {impl!r}")
+        return "blockwise"
+    return impl
 
 
 def _check(q, k, v, segment_ids, kv_segment_ids, impl):
@@ -83,16 +143,29 @@ def attention(q, k, v, segment_ids=None, *, kv_segment_ids=None, q_positions=Non
     _check(q, k, v, segment_ids, kv_segment_ids, impl)
     B, T = q.shape[:2]
     S = k.shape[1]
+    layout_given = q_positions is not None or kv_positions is not None or kv_segment_ids is not None
     if segment_ids is None:
         segment_ids = jnp.ones((B, T), jnp.int32)
     if kv_segment_ids is None:
         if S != T:
             raise ValueError(f"kv_segment_ids is required when keys ({S}) and queries ({T}) differ in length")
         kv_segment_ids = segment_ids
+    impl = resolve_impl(impl, q, k, layout_given=layout_given, causal=causal,
+                        sliding_window=sliding_window, logit_softcap=logit_softcap)
+    if impl == "cudnn":
+        return _attention_cudnn.cudnn_attention(q, k, v, segment_ids, causal=causal,
+                                                sliding_window=sliding_window, scale=scale)
+    if impl == "splash":
+        return _attention_splash.splash_attention(q, k, v, segment_ids, causal=causal, sliding_window=sliding_window,
+                                                  logit_softcap=logit_softcap, scale=scale)
     if q_positions is None:
         q_positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     if kv_positions is None:
         kv_positions = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+    if impl == "blockwise":
+        return blockwise_attention(q, k, v, segment_ids, kv_segment_ids, q_positions, kv_positions,
+                                   causal=causal, sliding_window=sliding_window, logit_softcap=logit_softcap,
+                                   scale=scale)
     mask = attention_mask(segment_ids, kv_segment_ids, q_positions, kv_positions, causal=causal,
                           sliding_window=sliding_window)
     return xla_attention(q, k, v, mask, logit_softcap=logit_softcap, scale=scale)
