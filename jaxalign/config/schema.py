@@ -281,6 +281,10 @@ class CheckpointConfig:
     dir: str = ""
     """Checkpoint folder; "" = ``{train.output_dir}/checkpoints``."""
 
+    allow_config_change: bool = False
+    """Resume even when the config differs from the checkpoint's in more than run length, logging,
+    evaluation, checkpointing and mesh layout (or the training data changed); otherwise such a resume is refused."""
+
 
 @dataclass
 class LoggingConfig:
