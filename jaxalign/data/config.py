@@ -97,6 +97,10 @@ class DataConfig:
     drop_remainder: bool = True
     """Drop the last incomplete batch of an epoch; if False it is padded with empty rows (example_mask 0)."""
 
+    ignore_provenance: bool = False
+    """Use derived files (cached log-prob columns, a generate/score output to resume) even when the
+    provenance recorded beside them differs from this run's models and settings (at your own risk)."""
+
     def validate(self) -> "DataConfig":
         """Check values and cross-field constraints; returns self. Raises ``DataError`` naming the field."""
         _one_of("format", self.format, FORMATS)

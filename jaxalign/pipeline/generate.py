@@ -29,6 +29,7 @@ from jaxalign.pipeline.progress import progress
 from jaxalign.pipeline.rows import RowWriter, iter_batches, load_prompts
 from jaxalign.train.build import build_model, build_model_config, build_tokenizer
 from jaxalign.train.preemption import PreemptionGuard
+from jaxalign.train.provenance import write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,8 @@ def _rows_for_batch(mode: str, samplers: list[PolicySampler], batch: Sequence[di
     first = samplers[0]
     out = []
     for j, row in enumerate(batch):
-        extra = {k: v for k, v in row.items() if k not in ("prompt", "prompt_id", "chosen", "rejected", "response")}
-        base = {"prompt_id": row["prompt_id"], "prompt": first.prompt_field(row), **extra}
+        extra = {k: v for k, v in row.items() if k not in ("prompt", "prompt_id", "prompt_key", "chosen", "rejected", "response")}
+        base = {"prompt_id": row["prompt_id"], "prompt_key": row["prompt_key"], "prompt": first.prompt_field(row), **extra}
         if mode == "pairs":
             base.update(chosen=first.as_message(row, texts[0][j]), rejected=samplers[1].as_message(row, texts[1][j]),
                         chosen_model=samplers[0].name, rejected_model=samplers[1].name)
@@ -172,14 +173,60 @@ def _rows_for_batch(mode: str, samplers: list[PolicySampler], batch: Sequence[di
     return out
 
 
+def generate_provenance(config: Config, samplers: Sequence["PolicySampler"]) -> dict:
+    """What decides a ``generate`` output's values: each model and tokenizer (fingerprints), the
+    sampling settings, the seed and batch size (batch ``b``'s seed), and the prompt layout settings."""
+    from jaxalign.train.provenance import spec_fingerprint
+
+    gen = config.generate
+    record = {"kind": "generate", "generate.mode": gen.mode, "generate.temperature": gen.temperature,
+              "generate.top_p": gen.top_p, "generate.top_k": gen.top_k, "generate.max_new_tokens": gen.max_new_tokens,
+              "generate.seed": gen.seed, "generate.batch_size": gen.batch_size,
+              "data.add_bos": config.data.add_bos, "data.use_chat_template": config.data.use_chat_template}
+    for s in samplers:
+        record[f"model[{s.name}]"] = spec_fingerprint(s.spec)
+        record[f"tokenizer[{s.name}]"] = spec_fingerprint(s.spec, tokenizer_only=True)
+    return record
+
+
+def check_resumable(output: str, what: str, writer: RowWriter, record: dict, *, ignore: bool, regenerate: str) -> bool:
+    """Refuse to continue an output made with another provenance (or with none, when it has rows).
+    Returns whether ``record`` still has to be written (the caller does so just before its first
+    row, so a run that fails earlier leaves nothing behind). Shared by ``generate`` and ``score``."""
+    from jaxalign.train.provenance import check_match, read_sidecar
+
+    recorded = read_sidecar(output)
+    if writer.rows_done or writer.complete:
+        if recorded is None and not ignore:
+            raise DataError(f"{what}={output} has rows but no provenance record ({Path(output).name}.provenance.json; "
+                            f"written by an older jaxalign?); {regenerate}, or set data.ignore_provenance=true to continue it")
+        if recorded is not None and not ignore:
+            check_match(f"{what}={output}", recorded, record, regenerate=regenerate, ignore=("output",))
+        return recorded is None
+    return True
+
+
 def run_generate(config: Config) -> GenerateResult:
-    """Sample every prompt not yet in ``generate.output``; returns counts and speed."""
+    """Sample every prompt not yet in ``generate.output``; returns counts and speed.
+
+    Holds the output's lock for the whole run (one writer per output). An existing output is
+    continued only when its recorded provenance matches this run; its rows are matched to prompts
+    by ``prompt_key`` (content hash), and rows of other prompts or duplicates are dropped, counted.
+    """
+    from jaxalign.train.locks import output_lock
+
     gen = config.generate
     source = gen.prompts or config.data.path
     prompts = load_prompts(source, limit=gen.limit)
     specs = generation_models(config)
     if gen.mode == "pairs" and len(specs) != 2:
         raise DataError(f"generate.mode='pairs' needs two models, got {len(specs)}")
+    with output_lock(gen.output, key="generate.output", directory=False):
+        return _run_generate(config, source, prompts, specs)
+
+
+def _run_generate(config: Config, source: str, prompts: list[dict], specs: list[GenerateModel]) -> GenerateResult:
+    gen = config.generate
     sampling = SamplingParams(gen.temperature, gen.top_k, gen.top_p)
     samplers = [PolicySampler(s, key=f"generate.models[{i}]" if gen.models else ("teacher" if gen.mode == "pairs" and i == 0 else "model"),
                               chat_setting=config.data.use_chat_template, add_bos=config.data.add_bos,
@@ -192,8 +239,15 @@ def run_generate(config: Config) -> GenerateResult:
         )
     encoded = [s.encode(prompts, source) for s in samplers]  # every prompt checked before any weights load
 
-    writer = RowWriter(gen.output, key="prompt_id")
-    todo = set() if writer.complete else {i for i, row in enumerate(prompts) if row["prompt_id"] not in writer.done_ids}
+    writer = RowWriter(gen.output, key="prompt_key")
+    record = generate_provenance(config, samplers)
+    unrecorded = check_resumable(gen.output, "generate.output", writer, record,
+                    ignore=config.data.ignore_provenance,
+                    regenerate=f"delete {gen.output} (or choose another generate.output) to regenerate")
+    foreign, duplicates = writer.retain({row["prompt_key"] for row in prompts})
+    if foreign or duplicates:
+        log.warning("%s: dropped %d row(s) of prompts not in %s and %d duplicate row(s)", gen.output, foreign, source, duplicates)
+    todo = set() if writer.complete else {i for i, row in enumerate(prompts) if row["prompt_key"] not in writer.done_ids}
     start, tokens, new_rows = time.perf_counter(), 0, 0
     if writer.rows_done:
         log.info("%s: %d of %d rows already written; generating the other %d", gen.output, writer.rows_done, len(prompts), len(todo))
@@ -202,6 +256,8 @@ def run_generate(config: Config) -> GenerateResult:
         mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         for s in samplers:
             s.load(mesh)
+        if unrecorded:
+            write_sidecar(gen.output, record)
         bar = progress(total=len(prompts), initial=len(prompts) - len(todo), desc=f"generate {'/'.join(s.name for s in samplers)}",
                        unit="prompt", enabled=config.logging.progress_bar)
         with PreemptionGuard() as guard, jax.set_mesh(mesh):

@@ -10,6 +10,7 @@ output is streamed to ``<output>.partial.jsonl`` and converted once complete
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from jaxalign.data.errors import DataError
 from jaxalign.data.sources import load_source
 
-__all__ = ["load_prompts", "load_table", "RowWriter", "asset_path", "iter_batches", "write_rows_atomic"]
+__all__ = ["load_prompts", "load_table", "RowWriter", "asset_path", "iter_batches", "prompt_key", "write_rows_atomic"]
 
 #: Scheme of files shipped inside the package (``asset:prompts.jsonl``).
 ASSET_PREFIX = "asset:"
@@ -35,8 +36,16 @@ def _resolve(path: str) -> str:
     return str(asset_path(path[len(ASSET_PREFIX):])) if path.startswith(ASSET_PREFIX) else path
 
 
+def prompt_key(prompt, occurrence: int = 0) -> str:
+    """Identity of a prompt in resumable outputs: a hash of its content (and of which repeat of the same
+    prompt in the set it is), so rows stay matched to their prompt when the prompt file changes."""
+    text = json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16] + (f"#{occurrence}" if occurrence else "")
+
+
 def load_prompts(path: str, *, limit: int = 0) -> list[dict]:
-    """Rows with a non-empty ``prompt`` (a string or a message list), each with ``prompt_id``.
+    """Rows with a non-empty ``prompt`` (a string or a message list), each with ``prompt_id`` (its index)
+    and ``prompt_key`` (see ``prompt_key``).
 
     ``path`` is anything ``data.path`` takes, or ``asset:NAME`` for a shipped file
     (``asset:prompts_train.jsonl``, ``asset:prompts_heldout.jsonl``); ``limit`` keeps the first N. Raises ``DataError``
@@ -49,7 +58,7 @@ def load_prompts(path: str, *, limit: int = 0) -> list[dict]:
     columns = source.dataset.column_names
     if "prompt" not in columns:
         raise DataError(f"{source.name}: no 'prompt' column (columns: {', '.join(columns)})")
-    rows = []
+    rows, seen = [], {}
     for i, row in enumerate(source.dataset):
         prompt = row["prompt"]
         where, line = source.locate(i)
@@ -62,7 +71,9 @@ def load_prompts(path: str, *, limit: int = 0) -> list[dict]:
             prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
         else:
             raise DataError(f"{where}{line}: field 'prompt' must be a string or a message list, got {type(prompt).__name__}")
-        rows.append({**row, "prompt": prompt, "prompt_id": i})
+        key = prompt_key(prompt)
+        seen[key] = seen.get(key, -1) + 1
+        rows.append({**row, "prompt": prompt, "prompt_id": i, "prompt_key": prompt_key(prompt, seen[key])})
         if limit and len(rows) >= limit:
             break
     if not rows:
@@ -127,6 +138,31 @@ class RowWriter:
                 raise DataError(f"{self.stream}:{n}: no {self.key!r} field; the file is not a jaxalign output")
             self.done_ids.add(row[self.key])
             self.rows_done += 1
+
+    def retain(self, keys: set) -> tuple[int, int]:
+        """Keep only the first row of each key in ``keys``; returns (foreign rows, duplicate rows) dropped.
+
+        Rows of prompts no longer in the input, and the duplicates two writers (or an older jaxalign)
+        left, are removed by rewriting the output atomically; a complete staged output whose rows
+        change goes back to its stream, so ``finish`` writes it again.
+        """
+        rows = load_table(str(self.output)) if self.complete else (self.staged_rows() if self.stream.exists() else [])
+        kept, seen, foreign = [], set(), 0
+        for r in rows:
+            k = r.get(self.key)
+            if k not in keys:
+                foreign += 1
+            elif k not in seen:
+                seen.add(k)
+                kept.append(r)
+        duplicates = len(rows) - foreign - len(kept)
+        if foreign or duplicates or (self.complete and self.staged and len(seen) < len(keys)):
+            write_rows_atomic(kept, self.stream)
+            if self.complete and self.staged:
+                self.output.unlink()
+                self.complete = False
+        self.done_ids, self.rows_done = seen, len(kept)
+        return foreign, duplicates
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append ``rows`` (one batch) and fsync."""

@@ -75,8 +75,76 @@ def _finish_rows(config: Config, source_rows: list[dict], staged: list[dict], co
     return [{**source_rows[i], **{k: v for k, v in by_row[i].items() if k != _ROW}} for i in ids]
 
 
+#: Cached columns -> the provenance keys their values depend on (besides the data settings and tokenizer).
+CACHED_COLUMNS = {"ref_chosen_logps": "reference", "ref_rejected_logps": "reference",
+                  "teacher_chosen_logps": "teacher", "teacher_rejected_logps": "teacher"}
+
+
+def score_provenance(config: Config, path: str) -> dict:
+    """What decides the values ``score`` writes: the input's content, the tokenizer, the data settings that
+    change token ids, each scoring model's fingerprint and the RDO settings (see ``jaxalign.train.provenance``)."""
+    from jaxalign.train.provenance import data_settings, source_digest, spec_fingerprint
+
+    sc, rdo = config.score, config.loss.rdo
+    record = {"kind": "score", "source": source_digest(path), "tokenizer": spec_fingerprint(config.model, tokenizer_only=True),
+              **data_settings(config.data)}
+    if sc.reference_logps:
+        record["reference"] = spec_fingerprint(config.reference if config.reference.is_set() else config.model)
+    if sc.teacher_logps:
+        record["teacher"] = spec_fingerprint(config.teacher)
+    if sc.rdo_weights:
+        record.update({f"loss.rdo.{k}": getattr(rdo, k) for k in ("source", "transform", "temperature", "clip", "normalize")})
+        if rdo.source != "dataset":
+            record["loss.rdo.model"] = spec_fingerprint(rdo.model)
+    return record
+
+
+def check_cached_columns(config: Config, columns: set[str], *, reference, teacher) -> None:
+    """Refuse cached log-prob columns of ``data.path`` that ``score`` made with other models or data
+    settings than this run uses; ``reference``/``teacher`` are the ``ModelSpec``s this run would load.
+
+    The record beside the file (``<data.path>.provenance.json``) is compared on the data settings,
+    the tokenizer, the models of the columns present, and the file's own digest (a file changed
+    after scoring is refused too). Without a record the columns cannot be checked: a warning says so.
+    """
+    from jaxalign.train.provenance import check_match, data_settings, file_digest, read_sidecar, spec_fingerprint
+
+    present = sorted(c for c in CACHED_COLUMNS if c in columns)
+    path = config.data.path
+    if not present or config.data.ignore_provenance or not path or not Path(path).is_file():
+        return
+    recorded = read_sidecar(path)
+    if recorded is None:
+        log.warning("%s: cached columns %s have no provenance record; they cannot be checked against this run's "
+                    "models and data settings", path, ", ".join(present))
+        return
+    regenerate = f"rerun `jaxalign score` with this run's settings to rewrite {path}"
+    if "output" in recorded and recorded["output"] != file_digest(path):
+        raise DataError(f"data.path={path} changed after `jaxalign score` wrote it (its content no longer matches "
+                        f"{Path(path).name}.provenance.json); {regenerate}, or set data.ignore_provenance=true")
+    current = {"tokenizer": spec_fingerprint(config.model, tokenizer_only=True), **data_settings(config.data)}
+    models = {"reference": reference, "teacher": teacher}
+    for role in sorted({CACHED_COLUMNS[c] for c in present}):
+        if models[role] is not None:
+            current[role] = spec_fingerprint(models[role])
+    check_match(f"data.path={path} (columns {', '.join(present)})", {k: recorded.get(k) for k in current}, current,
+                regenerate=regenerate)
+
+
 def run_score(config: Config) -> ScoreResult:
-    """Score every row of ``score.input`` (or ``data.path``) not yet scored; write ``score.output``."""
+    """Score every row of ``score.input`` (or ``data.path``) not yet scored; write ``score.output``.
+
+    Holds the output's lock; continues a partial output only when its provenance matches."""
+    from jaxalign.train.locks import output_lock
+
+    with output_lock(config.score.output, key="score.output", directory=False):
+        return _run_score(config)
+
+
+def _run_score(config: Config) -> ScoreResult:
+    from jaxalign.pipeline.generate import check_resumable
+    from jaxalign.train.provenance import file_digest, write_sidecar
+
     sc, rdo = config.score, config.loss.rdo
     path = sc.input or config.data.path
     tokenizer = build_tokenizer(config.model, key="model")
@@ -108,6 +176,9 @@ def run_score(config: Config) -> ScoreResult:
         columns += ["teacher_chosen_logps", "teacher_rejected_logps"]
     if want_rdo:
         columns += (["score_chosen", "score_rejected"] if rdo.source == "reward_model" else []) + ["rdo_difference", "rdo_weight"]
+    record = score_provenance(config, path)
+    unrecorded = check_resumable(sc.output, "score.output", writer, record, ignore=config.data.ignore_provenance,
+                                 regenerate=f"delete {sc.output} (and {Path(sc.output).name}.partial.jsonl) to rescore")
     if writer.complete:
         log.info("score: %s already complete (%d rows)", sc.output, writer.rows_done)
         return ScoreResult(Path(sc.output), writer.rows_done, 0, columns, 0.0)
@@ -143,6 +214,8 @@ def run_score(config: Config) -> ScoreResult:
                 gd, st = nnx.split(build_model(rdo.model, key="loss.rdo.model", head="score", mesh=mesh))
                 fn = make_pair_differences(gd)
                 scorers.append(lambda b, p, fn=fn, st=st: {"rdo_difference": antisymmetric_difference(*fn(st, p))})
+        if unrecorded:
+            write_sidecar(sc.output, record)
 
         pair_by_row = {}
         if pairwise is not None:
@@ -184,7 +257,10 @@ def run_score(config: Config) -> ScoreResult:
                     break
         bar.close()
     if not interrupted:
+        if not todo_units and unrecorded:
+            write_sidecar(sc.output, record)
         writer.finish(lambda staged: _finish_rows(config, source_rows, staged, columns))
+        write_sidecar(sc.output, {**record, "output": file_digest(sc.output)})
     result = ScoreResult(Path(sc.output), writer.rows_done, new_rows, columns, time.perf_counter() - start, interrupted)
     log.info("score: %d rows, columns %s -> %s (%.1f s)", result.rows, ", ".join(columns), sc.output, result.seconds)
     return result

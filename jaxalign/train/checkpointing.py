@@ -56,7 +56,7 @@ from etils import epath
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpointer", "CheckpointStructureError"]
+__all__ = ["Checkpointer", "CheckpointDamagedError", "CheckpointStructureError", "committed_step_files"]
 
 _COMMIT_FILE = "commit_success.txt"
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -65,6 +65,32 @@ _CONFIG_FILE = "config.yaml"
 
 class CheckpointStructureError(ValueError):
     """A checkpoint's state tree does not match the restore target (keys or shapes)."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """A committed step cannot be read back (a data file truncated or deleted, metadata missing)."""
+
+
+_DAMAGED_SUFFIX = ".damaged"
+
+
+def committed_step_files(directory: str | Path) -> tuple[int, str | None, dict | None] | None:
+    """``(step, config YAML, meta)`` of the newest committed step whose small files read, without Orbax
+    (so a caller can compare configs before building anything); ``None`` when there is no committed step."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / _COMMIT_FILE).exists()),
+                   reverse=True)
+    for step in steps:
+        config, meta = directory / str(step) / "config" / _CONFIG_FILE, directory / str(step) / "meta" / "metadata"
+        try:
+            text = config.read_text() if config.exists() else None
+            data = json.loads(meta.read_text()) if meta.exists() else None
+        except (OSError, ValueError):
+            continue
+        return step, text, data if isinstance(data, dict) else None
+    return None
 
 
 # --------------------------------------------------------------------------- #
@@ -280,7 +306,7 @@ class Checkpointer:
                 step_name_format=_CommittedStepFormat(),
             )
         self._mngr = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
-        self._warn_uncommitted()
+        self._remove_uncommitted()
 
     # -- queries --------------------------------------------------------- #
 
@@ -366,7 +392,7 @@ class Checkpointer:
     # -- restore --------------------------------------------------------- #
 
     def restore(self, step: int | None = None, abstract_state: Any = None) -> tuple[Any, dict]:
-        """Restore ``(state, meta)`` from ``step`` (default: the latest committed step).
+        """Restore ``(state, meta)`` from ``step`` (default: the newest committed step that restores completely).
 
         ``abstract_state`` is the restore target: a pytree of
         ``jax.ShapeDtypeStruct`` (``jax.eval_shape`` output with ``.sharding``
@@ -376,9 +402,42 @@ class Checkpointer:
         (a ``ValueError``) naming the first differing key.  Leaves without a
         ``.sharding`` (and a missing target) get the sharding recorded at save
         time, which only works on the same device topology.
+
+        With ``step=None``, a damaged newest step (a data file truncated or
+        deleted, its metadata gone) is not fatal: restore walks back to the
+        newest step that restores completely, warns naming each damaged step
+        and (writable checkpointers) renames it ``{step}.damaged``, so later
+        saves of that step number are not skipped.  Raises
+        :class:`CheckpointDamagedError` when no step restores.
         """
         self.wait()
-        step = self._resolve_step(step)
+        if step is not None:
+            return self._restore_step(self._resolve_step(step), abstract_state)
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no committed checkpoint in {self.directory}")
+        damaged = []
+        for candidate in reversed(steps):
+            try:
+                out = self._restore_step(candidate, abstract_state)
+            except CheckpointStructureError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any read failure of one step is damage to that step
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                damaged.append(candidate)
+                logger.warning("checkpoint step %d in %s is damaged (%s: %s); trying the previous step",
+                               candidate, self.directory, type(e).__name__, reason)
+                continue
+            if damaged:
+                logger.warning("resumed from step %d: newer step(s) %s in %s are damaged%s", candidate, damaged,
+                               self.directory, "" if self.read_only else f" and were renamed *{_DAMAGED_SUFFIX}")
+                self._set_aside(damaged)
+            return out
+        self._set_aside(damaged)
+        raise CheckpointDamagedError(f"no checkpoint step in {self.directory} restores (damaged: {damaged}); "
+                                     f"delete the folder to start over")
+
+    def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         if abstract_state is None:
             state_args = ocp.args.StandardRestore()
         else:
@@ -387,6 +446,20 @@ class Checkpointer:
             state_args = ocp.args.StandardRestore(target)
         out = self._mngr.restore(step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
         return out["state"], dict(out["meta"])
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Rename damaged committed steps to ``{step}.damaged`` (kept for inspection, never read)."""
+        if self.read_only or not steps:
+            return
+        if jax.process_index() == 0:
+            for step in steps:
+                src = Path(str(self.step_dir(step)))
+                dst = src.with_name(src.name + _DAMAGED_SUFFIX)
+                n = 1
+                while dst.exists():
+                    dst, n = src.with_name(f"{src.name}{_DAMAGED_SUFFIX}{n}"), n + 1
+                src.rename(dst)
+        self._mngr.reload()
 
     def restore_meta(self, step: int | None = None) -> dict:
         """Only the JSON meta of ``step`` (default latest), without touching the arrays."""
@@ -425,6 +498,8 @@ class Checkpointer:
         saved = _flat_shapes(saved_tree)
         wanted = _flat_shapes(target)
         where = f"checkpoint step {step} in {self.directory}"
+        if not saved:
+            raise CheckpointDamagedError(f"{where}: its state metadata lists no arrays (_METADATA missing or empty)")
         for path, shape in wanted.items():
             if path not in saved:
                 raise CheckpointStructureError(
@@ -478,11 +553,17 @@ class Checkpointer:
                         logger.warning("could not remove %s (%s); it is ignored and cleaned up later", path, e)
         self._mngr.reload()
 
-    def _warn_uncommitted(self) -> None:
+    def _remove_uncommitted(self) -> None:
+        """Delete ``{step}`` folders without a commit marker (left by a kill during a save; never read).
+
+        Only a writable checkpointer does this, and training holds the output lock, so no other
+        writer can have a save in flight here."""
         if self.read_only or jax.process_index() != 0 or not self.directory.exists():
             return
         committed = set(self._mngr.all_steps())
         for p in self.directory.iterdir():
             if p.name.isdigit() and int(p.name) not in committed and p.is_dir():
-                logger.warning("ignoring uncommitted checkpoint directory %s (no %s)", p, _COMMIT_FILE)
+                logger.warning("removing uncommitted checkpoint directory %s (no %s)", p, _COMMIT_FILE)
+                p.rmtree()
+        self._mngr.reload()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -23,19 +24,21 @@ from jaxalign.data import DataError, prepare
 from jaxalign.models import save_pretrained
 from jaxalign.parallel import distributed
 from jaxalign.parallel.mesh import make_mesh
-from jaxalign.train.build import build_model, build_tokenizer
+from jaxalign.train.build import build_model, build_model_config, build_tokenizer
 from jaxalign.train.checkpointing import Checkpointer
 from jaxalign.train.objectives import ObjectiveContext, get_objective, needs_model
 from jaxalign.train.observability import MetricsLogger, format_metrics, plot_metrics, summary
 from jaxalign.train.optimizer import build_optimizer, frozen_mask
 from jaxalign.train.preemption import PreemptionGuard
+from jaxalign.train.provenance import source_digest
 from jaxalign.train.step import GraphDefs, make_eval_step, make_loss_fn, make_train_step
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; names the step, the rows of its batch and the last good checkpoint."""
+    """The loss or the gradient norm became NaN/inf; names the step, the rows of its batch and the last
+    good checkpoint."""
 
 
 @dataclasses.dataclass
@@ -81,6 +84,83 @@ def _check_columns(config: Config, spec, columns: set[str]) -> None:
         raise ConfigError(f"data.packing is not supported for loss.name={config.loss.name!r} (one score per row); set data.packing=false")
 
 
+def _check_inputs_fit_model(config: Config, data, model_config, *, split: str = "data.path") -> None:
+    """Refuse, before the first step, rows the model cannot read: longer than its context
+    (``max_position_embeddings``: positions past it were never trained) or with token ids outside its
+    vocabulary (a tokenizer that does not belong to the model). Names the row and the key."""
+    ex = data.examples
+    limit, vocab = model_config.max_position_embeddings, model_config.vocab_size
+    for i in range(len(ex)):
+        n = data.collator.example_length(i)
+        if n > limit:
+            raise DataError(f"{data.describe_row(int(ex.row_id[i]))}: {n} tokens exceed the model's context "
+                            f"(max_position_embeddings={limit} in model.path's config.json); set data.max_length<={limit}")
+    for i in range(len(ex)):
+        seqs = [ex.prompt[i], ex.chosen[i]] + ([ex.rejected[i]] if ex.rejected is not None else [])
+        top = max((int(a.max()) for a in seqs if len(a)), default=-1)
+        if top >= vocab:
+            raise DataError(f"{data.describe_row(int(ex.row_id[i]))}: token id {top} is outside the model's vocabulary "
+                            f"(vocab_size={vocab}); model.tokenizer does not belong to model.path")
+
+
+def _check_enough_rows(config: Config, data) -> None:
+    if config.data.drop_remainder and len(data) < config.data.batch_size:
+        raise DataError(f"{config.data.path}: {len(data)} training rows are fewer than one batch "
+                        f"(data.batch_size={config.data.batch_size}); lower data.batch_size or add rows")
+
+
+#: Written into the export folder: what made it (read by the pipeline to decide whether to skip training).
+EXPORT_PROVENANCE = "jaxalign_provenance.json"
+#: Files an export writes; anything else in an existing ``hf/`` is the user's, and is not replaced.
+_EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                 "model-*.safetensors", "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt",
+                 "chat_template.*", "added_tokens.json", EXPORT_PROVENANCE)
+
+
+def check_export_dir(folder: Path) -> None:
+    """Refuse, before training, an export folder that holds files an export would not write (it is replaced whole)."""
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"train.output_dir: {folder} (the export folder) is a file")
+    if folder.is_dir():
+        ours = {p for pat in _EXPORT_FILES for p in folder.glob(pat)}
+        foreign = sorted(p.name for p in folder.iterdir() if p not in ours)
+        if foreign:
+            raise DataError(f"{folder} holds files an export would delete ({', '.join(foreign[:3])}); move them, "
+                            f"choose another train.output_dir, or set train.export_hf=false")
+
+
+#: Config keys a resume may change (run length, logging, evaluation cadence, outputs, layout).
+RESUME_ALLOWED = ("train.steps", "train.epochs", "train.log_every", "train.export_hf", "train.output_dir",
+                  "train.stop_on_nonfinite", "logging.", "eval.", "eval_data", "checkpoint.", "mesh.", "generate.",
+                  "score.", "prune.", "pipeline.", "data.ignore_provenance")
+
+
+def check_resume(config: Config, yaml_text: str, data_source: str) -> None:
+    """Refuse to resume a checkpoint whose run had another config (outside ``RESUME_ALLOWED``) or other
+    training data, unless ``checkpoint.allow_config_change``. Reads only small files of the newest
+    committed step, so it runs before any model loads."""
+    from jaxalign.train.checkpointing import committed_step_files
+    from jaxalign.train.provenance import describe_diff, diff, flatten
+
+    if not config.checkpoint.resume or config.checkpoint.allow_config_change:
+        return
+    found = committed_step_files(config.checkpoint_dir)
+    if found is None:
+        return
+    step, saved_yaml, meta = found
+    hint = (f"use another train.output_dir to start a new run, or set checkpoint.allow_config_change=true to "
+            f"continue from step {step} anyway")
+    if saved_yaml is not None:
+        changes = diff(flatten(yaml.safe_load(saved_yaml) or {}), flatten(yaml.safe_load(yaml_text)), ignore=RESUME_ALLOWED)
+        if changes:
+            raise ConfigError(f"resume from {config.checkpoint_dir} (step {step}): the config changed "
+                              f"({describe_diff(changes)}); {hint}")
+    recorded = (meta or {}).get("provenance", {}).get("data.source")
+    if recorded is not None and recorded != data_source:
+        raise ConfigError(f"resume from {config.checkpoint_dir} (step {step}): the content of data.path="
+                          f"{config.data.path} changed since the checkpoint was written; {hint}")
+
+
 class Trainer:
     """Holds what a run needs; `run()` trains, `evaluate()` scores the held-out split."""
 
@@ -96,6 +176,21 @@ class Trainer:
         self.eval_data = prepare(config.eval_data, self.tokenizer, dataclasses.replace(data_cfg, shuffle=False)) if config.eval_data else None
         columns = set(self.data.examples.extras)
         _check_columns(config, self.spec, columns)
+        _check_enough_rows(config, self.data)
+        model_config = build_model_config(config.model, key="model")
+        _check_inputs_fit_model(config, self.data, model_config)
+        if self.eval_data is not None:
+            _check_inputs_fit_model(config, self.eval_data, model_config)
+        from jaxalign.pipeline.score import check_cached_columns
+
+        check_cached_columns(config, columns, reference=config.reference if config.reference.is_set() else config.model,
+                             teacher=config.teacher if config.teacher.is_set() else None)
+        self.yaml_text = to_yaml(config)
+        self.provenance = {"data.source": source_digest(config.data.path, split=config.data.split,
+                                                        data_files=config.data.data_files)}
+        check_resume(config, self.yaml_text, self.provenance["data.source"])
+        if config.train.export_hf:
+            check_export_dir(Path(config.export_dir))
         ctx = ObjectiveContext(config.loss, mesh=self.mesh if config.mesh.tensor > 1 else None,
                                use_rdo_weights=config.loss.rdo.enabled)
         with jax.set_mesh(self.mesh):
@@ -164,12 +259,18 @@ class Trainer:
         return {k: v / max(n, 1) for k, v in totals.items()}
 
     def export(self) -> Path:
+        """Write the policy to ``{output_dir}/hf`` with ``jaxalign_provenance.json`` (config, steps, data digest)."""
+        from jaxalign.train.provenance import flatten, write_json_atomic
+
         model = nnx.merge(self.graphdefs.policy, self.state["params"])
-        return save_pretrained(model, self.tokenizer, self.output_dir / "hf", overwrite=True)
+        out = save_pretrained(model, self.tokenizer, self.output_dir / "hf", overwrite=True)
+        write_json_atomic(Path(out) / EXPORT_PROVENANCE, {"config": flatten(yaml.safe_load(self.yaml_text)),
+                                                          "steps": self.total_steps, **self.provenance})
+        return out
 
     def run(self) -> TrainResult:
         c = self.config
-        yaml_text = to_yaml(c)
+        yaml_text = self.yaml_text
         if self.is_main:
             print(yaml_text)
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -186,18 +287,19 @@ class Trainer:
         logger = MetricsLogger(self.output_dir, total_steps=self.total_steps, start_step=start, jsonl=c.logging.jsonl,
                                tensorboard=c.logging.tensorboard, progress_bar=c.logging.progress_bar, is_main_process=self.is_main)
         losses, last_metrics, eval_metrics, preempted = [], {}, {}, False
-        pending = None  # (step, loss array, row ids): checked one step late so the host never waits on the device
+        pending = None  # (step, loss, grad norm, row ids): checked one step late so the host never waits on the device
         tokens = 0
         it = iter(batches)
 
         def check(pending_item):
-            step, loss, rows = pending_item
-            value = float(loss)
+            step, loss, grad_norm, rows = pending_item
+            value, norm = float(loss), float(grad_norm)
             losses.append(value)
-            if not math.isfinite(value) and c.train.stop_on_nonfinite:
+            if not (math.isfinite(value) and math.isfinite(norm)) and c.train.stop_on_nonfinite:
                 described = ", ".join(self.data.describe_row(r) for r in rows[:8] if r >= 0)
+                what = f"loss {value}" if not math.isfinite(value) else f"gradient norm {norm} (loss {value})"
                 raise NonFiniteLossError(
-                    f"non-finite loss {value} at step {step + 1}; batch rows: {described}; last good checkpoint: "
+                    f"non-finite {what} at step {step + 1}; batch rows: {described}; last good checkpoint: "
                     f"{checkpoints.step_dir(checkpoints.latest_step()) if checkpoints.latest_step() is not None else 'none'}"
                 )
 
@@ -209,7 +311,7 @@ class Trainer:
                     self.state, metrics = self.train_step(self.state, self.frozen, self._global(batch))
                     if pending is not None:
                         check(pending)
-                    pending = (step, metrics["loss"], batch["row_id"].reshape(-1))
+                    pending = (step, metrics["loss"], metrics["grad_norm"], batch["row_id"].reshape(-1))
                     done = step + 1
                     if done % c.train.log_every == 0 or done == self.total_steps:
                         last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -219,7 +321,7 @@ class Trainer:
                         with logger.pause():
                             eval_metrics = self.evaluate()
                         logger.log(done, eval_metrics, split="eval")
-                    meta = {"step": done, "data": batches.state_dict()}
+                    meta = {"step": done, "data": batches.state_dict(), "provenance": self.provenance}
                     if guard.should_stop(done):
                         check(pending)
                         pending = None
@@ -238,7 +340,7 @@ class Trainer:
                 if not preempted:
                     done = self.total_steps
                     if start < done:
-                        checkpoints.save(done, self.state, {"step": done, "data": batches.state_dict()}, yaml_text, force=True)
+                        checkpoints.save(done, self.state, {"step": done, "data": batches.state_dict(), "provenance": self.provenance}, yaml_text, force=True)
                     if self.eval_data is not None:
                         eval_metrics = self.evaluate()
                         logger.log(done, eval_metrics, split="eval")
@@ -258,7 +360,13 @@ class Trainer:
 
 
 def train(config: Config) -> TrainResult:
-    return Trainer(config).run()
+    """Train under the exclusive lock of ``train.output_dir`` (a second run on it is refused)."""
+    from jaxalign.train.locks import output_lock
+
+    if jax.process_index() != 0:
+        return Trainer(config).run()
+    with output_lock(config.train.output_dir, key="train.output_dir", directory=True):
+        return Trainer(config).run()
 
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train", "format_metrics"]

@@ -18,6 +18,7 @@ from jaxalign.config import load_config
 from jaxalign.data import DataError
 from jaxalign.pipeline import generate as generate_mod
 from jaxalign.pipeline.generate import run_generate
+from jaxalign.train.provenance import sidecar_path
 from tests.pipeline.conftest import write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,6 +31,13 @@ def _config(overrides, prompts, output, *extra):
 
 def _rows(path):
     return [json.loads(line) for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+
+
+def _copy_with_provenance(rows, source, out, text=None):
+    """Write ``rows`` (or ``text``) to ``out`` with the provenance record of the run that made ``source``."""
+    out.write_text(text if text is not None else "".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copy(sidecar_path(source), sidecar_path(out))
+    return out
 
 
 def _no_weights(monkeypatch):
@@ -84,7 +92,7 @@ def test_pairs_mode_writes_one_row_per_prompt(pairs_run, prompts_file):
     assert result.tokens > 0
     assert [r["prompt_id"] for r in rows] == list(range(10))
     for row, src in zip(rows, source):
-        assert set(row) == {"prompt_id", "prompt", "category", "chosen", "rejected", "chosen_model", "rejected_model"}
+        assert set(row) == {"prompt_id", "prompt_key", "prompt", "category", "chosen", "rejected", "chosen_model", "rejected_model"}
         # the byte tokenizer has a chat template: string prompts are written as the messages training will template
         assert row["prompt"] == [{"role": "user", "content": src["prompt"]}]
         assert row["category"] == "math"
@@ -102,7 +110,7 @@ def test_samples_mode_with_one_model_writes_prompt_response_model(base_overrides
     rows = _rows(out)
     assert result.rows == 10 and [r["prompt_id"] for r in rows] == list(range(10))
     for row, pair in zip(rows, pairs_run[1]):
-        assert set(row) == {"prompt_id", "prompt", "category", "response", "model"}
+        assert set(row) == {"prompt_id", "prompt_key", "prompt", "category", "response", "model"}
         assert row["model"] == "model"
         assert row["prompt"] == pair["prompt"]
         # the same model, prompts, batches and seeds as the pairs run's chosen side
@@ -127,7 +135,7 @@ def test_samples_mode_with_two_models_writes_one_column_per_model(base_overrides
     rows = _rows(out)
     assert len(rows) == 10
     for row, pair in zip(rows, pairs_run[1]):
-        assert set(row) == {"prompt_id", "prompt", "category", "big", "small"}
+        assert set(row) == {"prompt_id", "prompt_key", "prompt", "category", "big", "small"}
         assert row["big"] == pair["chosen"][0]["content"]
         assert row["small"] == pair["rejected"][0]["content"]
 
@@ -151,8 +159,7 @@ def test_limit_keeps_the_first_prompts(base_overrides, prompts_file, pairs_run, 
 
 
 def test_rerun_on_a_complete_output_writes_nothing(base_overrides, prompts_file, pairs_run, tmp_path, monkeypatch):
-    out = tmp_path / "done.jsonl"
-    out.write_text("".join(json.dumps(r) + "\n" for r in pairs_run[1]))
+    out = _copy_with_provenance(pairs_run[1], pairs_run[0].output, tmp_path / "done.jsonl")
     before = out.read_bytes()
     _no_weights(monkeypatch)  # nothing to do: no model is loaded
     result = run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs"))
@@ -167,7 +174,7 @@ def test_torn_last_line_is_repaired_and_the_row_regenerated(base_overrides, prom
     out = tmp_path / "torn.jsonl"
     whole = "".join(json.dumps(r) + "\n" for r in rows[:9])
     torn = json.dumps(rows[9])
-    out.write_text(whole + torn[: len(torn) // 2])
+    _copy_with_provenance(rows, pairs_run[0].output, out, whole + torn[: len(torn) // 2])
     result = run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs"))
     assert (result.rows, result.new_rows) == (10, 1)
     text = out.read_text()
@@ -175,6 +182,81 @@ def test_torn_last_line_is_repaired_and_the_row_regenerated(base_overrides, prom
     got = _rows(out)  # every line parses
     assert sorted(r["prompt_id"] for r in got) == list(range(10))
     assert got[9] == rows[9]
+
+
+def test_rerun_with_another_prompt_file_keeps_only_rows_of_its_prompts(base_overrides, prompts_file, pairs_run, tmp_path,
+                                                                      caplog):
+    """Rows are matched to prompts by content (prompt_key), not by position: rows of prompts that are not in
+    the new file are dropped (counted), rows of prompts that are stay as they were, new prompts are sampled."""
+    old = _rows(prompts_file)
+    new_prompts = old[5:] + [{"prompt": f"new question {i}?", "category": "new"} for i in range(3)]
+    prompts = write_jsonl(tmp_path / "other_prompts.jsonl", new_prompts)
+    out = _copy_with_provenance(pairs_run[1], pairs_run[0].output, tmp_path / "reused.jsonl")
+    with caplog.at_level("WARNING"):
+        result = run_generate(_config(base_overrides, prompts, out, "generate.mode=pairs"))
+    assert "dropped 5 row(s) of prompts not in" in caplog.text
+    rows = _rows(out)
+    assert (result.rows, result.new_rows, len(rows)) == (8, 3, 8)
+    assert sorted(r["prompt"][0]["content"] for r in rows) == sorted(p["prompt"] for p in new_prompts)
+    kept = {r["prompt_key"]: r for r in rows}
+    for old_row in pairs_run[1][5:]:
+        assert {**kept[old_row["prompt_key"]], "prompt_id": old_row["prompt_id"]} == old_row
+
+
+def test_rerun_with_other_sampling_settings_is_refused(base_overrides, prompts_file, pairs_run, tiny_models, tmp_path,
+                                                       monkeypatch):
+    out = _copy_with_provenance(pairs_run[1], pairs_run[0].output, tmp_path / "done.jsonl")
+    _no_weights(monkeypatch)
+    with pytest.raises(DataError, match=r"generate.output=.*done.jsonl was made with other settings than this run "
+                                        r"\(generate.temperature: 0.7 -> 1.0\); delete .*done.jsonl .*to regenerate, or set "
+                                        r"data.ignore_provenance=true"):
+        run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs", "generate.temperature=1.0"))
+    with pytest.raises(DataError, match=r"model\[student\]"):
+        run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs", f"model.path={tiny_models[0]}"))
+    forced = run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs", "generate.temperature=1.0",
+                                  "data.ignore_provenance=true"))
+    assert (forced.rows, forced.new_rows) == (10, 0)
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text("".join(json.dumps(r) + "\n" for r in pairs_run[1]))
+    with pytest.raises(DataError, match=r"legacy.jsonl has rows but no provenance record"):
+        run_generate(_config(base_overrides, prompts_file, legacy, "generate.mode=pairs"))
+
+
+def test_duplicate_rows_left_by_two_writers_are_dropped(base_overrides, prompts_file, pairs_run, tmp_path, monkeypatch,
+                                                       caplog):
+    out = _copy_with_provenance(pairs_run[1] + pairs_run[1], pairs_run[0].output, tmp_path / "twice.jsonl")
+    _no_weights(monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs"))
+    assert "and 10 duplicate row(s)" in caplog.text
+    assert result.rows == 10 and _rows(out) == pairs_run[1]
+
+
+def test_two_concurrent_generates_on_one_output(base_overrides, prompts_file, pairs_run, tmp_path):
+    """The second run is refused naming the first; the first finishes: every prompt once, no torn line."""
+    import threading
+    import time
+
+    from jaxalign.train.locks import OutputLockedError, lock_path
+
+    out = tmp_path / "shared.jsonl"
+    refused = []
+
+    def second():
+        while not lock_path(out, directory=False).exists():
+            time.sleep(0.005)
+        try:
+            run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs"))
+        except OutputLockedError as e:
+            refused.append(str(e))
+
+    t = threading.Thread(target=second)
+    t.start()
+    result = run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs"))
+    t.join()
+    assert len(refused) == 1 and f"generate.output={out} is being written by pid" in refused[0]
+    assert result.rows == 10 and _rows(out) == pairs_run[1]
+    assert not lock_path(out, directory=False).exists()
 
 
 def test_parquet_output_appears_only_when_complete(base_overrides, prompts_file, pairs_run, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from jaxalign.models import load_model, load_tokenizer
 from jaxalign.pipeline import score as score_mod
 from jaxalign.pipeline.score import run_score
 from jaxalign.train import trainer as trainer_mod
+from jaxalign.train.provenance import sidecar_path
 from jaxalign.train.trainer import Trainer
 from tests.pipeline.conftest import write_jsonl
 from tests.pipeline.test_generate import base_overrides, sigterm_then_resume, subprocess_env  # noqa: F401 (fixtures)
@@ -117,6 +119,50 @@ def test_training_on_the_scored_file_loads_neither_reference_nor_teacher(scored,
     train_result = trainer.run()
     assert train_result.losses[0] == pytest.approx(expected, abs=1e-4)
     assert abs(expected - math.log(2)) > 1e-3  # the teacher columns matter
+
+
+def test_stale_cached_log_probs_are_refused(scored, base_overrides, tiny_models, tmp_path, monkeypatch):
+    """Cached columns made with other data settings or models than the training run are refused before any
+    model loads, naming the setting and how to regenerate; the override (and a matching run) go through."""
+    _, result, _ = scored
+    monkeypatch.setattr(trainer_mod, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model built")))
+
+    def cfg(*extra):
+        return load_config(None, [*base_overrides, f"data.path={result.output}", "loss.name=dadpo", "train.steps=1",
+                                  f"train.output_dir={tmp_path / 'run'}", *extra], stage="train")
+
+    with pytest.raises(DataError, match=r"columns ref_chosen_logps.*made with other settings than this run "
+                                        r"\(data.max_length: 64 -> 128\); rerun `jaxalign score`.*data.ignore_provenance=true"):
+        Trainer(cfg("data.max_length=128", "data.buckets=[128]"))
+    with pytest.raises(DataError, match=r"data.truncation: \"keep_end\" -> \"keep_start\""):
+        Trainer(cfg("data.truncation=keep_start"))
+    with pytest.raises(DataError, match=r"\(teacher: "):
+        Trainer(cfg(f"teacher.path={tiny_models[1]}"))
+    with pytest.raises(DataError, match=r"\(reference: "):
+        Trainer(cfg(f"model.path={tiny_models[0]}", f"teacher.path={tiny_models[0]}"))
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text(result.output.read_text().replace('"ref_chosen_logps": -', '"ref_chosen_logps": -1'))
+    shutil.copy(sidecar_path(result.output), sidecar_path(edited))
+    with pytest.raises(DataError, match=r"edited.jsonl changed after `jaxalign score` wrote it"):
+        Trainer(cfg(f"data.path={edited}"))
+    with pytest.raises(AssertionError, match="model built"):  # past every check: the override is honoured
+        Trainer(cfg("data.max_length=128", "data.buckets=[128]", "data.ignore_provenance=true"))
+    with pytest.raises(AssertionError, match="model built"):
+        Trainer(cfg())
+
+
+def test_rescoring_into_an_output_made_otherwise_is_refused(scored, base_overrides, prefs, tmp_path, monkeypatch):
+    _, result, _ = scored
+    out = tmp_path / "scored.jsonl"
+    shutil.copy(result.output, out)
+    shutil.copy(sidecar_path(result.output), sidecar_path(out))
+    _no_weights(monkeypatch)
+    assert run_score(_config(base_overrides, prefs, out, "score.teacher_logps=true")).new_rows == 0  # complete, matching
+    with pytest.raises(DataError, match=r"score.output=.*scored.jsonl was made with other settings .*data.max_prompt_length: 40 -> 30"):
+        run_score(_config(base_overrides, prefs, out, "score.teacher_logps=true", "data.max_prompt_length=30"))
+    other = write_jsonl(tmp_path / "other.jsonl", synthetic_preferences(12, 4))
+    with pytest.raises(DataError, match=r"\(source: "):
+        run_score(_config(base_overrides, other, out, "score.teacher_logps=true"))
 
 
 # ----------------------------------------------------------------------------- RDO

@@ -222,3 +222,61 @@ def test_no_checkpoint_and_bad_args(tmp_path):
             ck.config_yaml()
     with pytest.raises(ValueError):
         Checkpointer(tmp_path, keep=0)
+
+
+def _damage(step_dir, how):
+    """Damage a committed step as a crash or a disk error would: truncate or delete its largest array
+    data file, or delete the state tree's ``_METADATA``."""
+    state = step_dir / "state"
+    if how == "no_metadata":
+        (state / "_METADATA").unlink()
+        return
+    data = max((p for p in state.rglob("*") if p.is_file() and p.name not in ("_METADATA", "_sharding", "manifest.ocdbt")),
+               key=lambda p: p.stat().st_size)
+    if how == "truncated":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+    else:
+        data.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted", "no_metadata"])
+def test_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, how, caplog):
+    states = {s: {"x": jnp.arange(4096.0) * s, "step": jnp.asarray(s, jnp.int32)} for s in (1, 2, 3)}
+    with Checkpointer(tmp_path, async_save=False) as ck:
+        for s, st in states.items():
+            ck.save(s, st, {"step": s})
+    _damage(tmp_path / "3", how)
+    with Checkpointer(tmp_path, async_save=False) as ck:
+        with caplog.at_level("WARNING", logger="jaxalign.train.checkpointing"):
+            restored, meta = ck.restore(abstract_state=jax.eval_shape(lambda: states[1]))
+        assert meta == {"step": 2}
+        _assert_tree_equal(restored, states[2])
+        assert "step 3" in caplog.text and "damaged" in caplog.text
+        assert ck.all_steps() == [1, 2] and (tmp_path / "3.damaged").is_dir()
+        assert ck.save(3, states[3], {"step": 3})  # the step number is free again, not "already exists"
+        assert ck.restore(abstract_state=jax.eval_shape(lambda: states[1]))[1] == {"step": 3}
+
+
+def test_every_step_damaged_is_one_error(tmp_path):
+    with Checkpointer(tmp_path, async_save=False) as ck:
+        ck.save(1, {"x": jnp.arange(4096.0)}, {"step": 1})
+    _damage(tmp_path / "1", "deleted")
+    with Checkpointer(tmp_path) as ck, pytest.raises(checkpointing.CheckpointDamagedError, match=r"restores \(damaged: \[1\]\)"):
+        ck.restore(abstract_state={"x": jax.ShapeDtypeStruct((4096,), jnp.float32)})
+
+
+def test_uncommitted_step_folders_are_removed_at_start(tmp_path):
+    with Checkpointer(tmp_path, async_save=False) as ck:
+        ck.save(1, {"x": jnp.arange(3.0)}, {"step": 1})
+    (tmp_path / "7" / "state").mkdir(parents=True)  # a kill between mkdir and commit
+    Checkpointer(tmp_path, read_only=True).close()
+    assert (tmp_path / "7").exists()  # readers never delete
+    Checkpointer(tmp_path).close()
+    assert not (tmp_path / "7").exists() and (tmp_path / "1").exists()
+
+
+def test_committed_step_files_reads_config_and_meta_without_orbax(tmp_path):
+    assert checkpointing.committed_step_files(tmp_path / "none") is None
+    with Checkpointer(tmp_path, async_save=False) as ck:
+        ck.save(4, {"x": jnp.arange(3.0)}, {"step": 4, "provenance": {"data.source": "abc"}}, config_yaml="a: 1\n")
+    assert checkpointing.committed_step_files(tmp_path) == (4, "a: 1\n", {"step": 4, "provenance": {"data.source": "abc"}})
