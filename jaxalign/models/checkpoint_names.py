@@ -1,8 +1,13 @@
 """Declarative name tables between HF checkpoint tensors and jaxalign parameters.
 
-Each rule maps one jaxalign parameter path to one HF tensor name; `{i}` marks a
-per-layer tensor that stacks into the leading layer axis. HF stores linear
-weights as `[out, in]`; jaxalign as `[in, out]`, hence `transpose`.
+A rule maps one jaxalign parameter path to one HF tensor name: `{i}` marks a per-layer tensor that
+stacks into the leading layer axis, `{j}` a per-expert tensor stacking into the expert axis after
+it. HF stores linear weights `[out, in]`, jaxalign `[in, out]` (`transpose`). `rows` takes a slice
+of the HF tensor's first axis, for checkpoints that fuse several projections into one tensor
+(Phi-3's `qkv_proj`); saving concatenates the slices back in order.
+
+Each family owns its per-layer table (`Family.hf_layer_names`, usually built by `layer_rules` from a
+`{param: HF suffix}` dict); the embedding, final norm and heads are the same for every family here.
 """
 
 from __future__ import annotations
@@ -11,59 +16,56 @@ import dataclasses
 
 from jaxalign.models.config import ModelConfig
 
+LAYER_PREFIX = "model.layers.{i}."
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorRule:
     param: str  # dotted attribute path in the jaxalign module, e.g. "layers.q_proj"
-    hf: str  # HF tensor name; "{i}" = layer index
+    hf: str  # HF tensor name; "{i}" = layer index, "{j}" = expert index
     transpose: bool = False
-    when: str = "always"  # a key of CONDITIONS
+    rows: tuple[int, int] | None = None  # [start, stop) of the HF tensor's first axis (fused tensors)
 
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.hf
 
+    @property
+    def per_expert(self) -> bool:
+        return "{j}" in self.hf
 
-CONDITIONS = {
-    "always": lambda c, head: True,
-    "untied_lm_head": lambda c, head: head == "lm" and not c.tie_word_embeddings,
-    "score_head": lambda c, head: head == "score",
-    "qkv_bias": lambda c, head: c.qkv_bias,
-    "o_bias": lambda c, head: c.o_bias,
-    "mlp_bias": lambda c, head: c.mlp_bias,
-}
+    def names(self, num_layers: int, num_experts: int = 0) -> list[str]:
+        """Every HF tensor name this rule covers, layer-major then expert."""
+        if not self.per_layer:
+            return [self.hf]
+        if self.per_expert:
+            return [self.hf.format(i=i, j=j) for i in range(num_layers) for j in range(num_experts)]
+        return [self.hf.format(i=i) for i in range(num_layers)]
 
-_L = "model.layers.{i}."
-LLAMA_FAMILY = (
-    TensorRule("embed", "model.embed_tokens.weight"),
-    TensorRule("final_norm", "model.norm.weight"),
-    TensorRule("lm_head", "lm_head.weight", transpose=True, when="untied_lm_head"),
-    TensorRule("score", "score.weight", transpose=True, when="score_head"),
-    TensorRule("layers.attn_norm", _L + "input_layernorm.weight"),
-    TensorRule("layers.mlp_norm", _L + "post_attention_layernorm.weight"),
-    TensorRule("layers.q_proj", _L + "self_attn.q_proj.weight", transpose=True),
-    TensorRule("layers.k_proj", _L + "self_attn.k_proj.weight", transpose=True),
-    TensorRule("layers.v_proj", _L + "self_attn.v_proj.weight", transpose=True),
-    TensorRule("layers.o_proj", _L + "self_attn.o_proj.weight", transpose=True),
-    TensorRule("layers.q_bias", _L + "self_attn.q_proj.bias", when="qkv_bias"),
-    TensorRule("layers.k_bias", _L + "self_attn.k_proj.bias", when="qkv_bias"),
-    TensorRule("layers.v_bias", _L + "self_attn.v_proj.bias", when="qkv_bias"),
-    TensorRule("layers.o_bias", _L + "self_attn.o_proj.bias", when="o_bias"),
-    TensorRule("layers.gate_proj", _L + "mlp.gate_proj.weight", transpose=True),
-    TensorRule("layers.up_proj", _L + "mlp.up_proj.weight", transpose=True),
-    TensorRule("layers.down_proj", _L + "mlp.down_proj.weight", transpose=True),
-    TensorRule("layers.gate_bias", _L + "mlp.gate_proj.bias", when="mlp_bias"),
-    TensorRule("layers.up_bias", _L + "mlp.up_proj.bias", when="mlp_bias"),
-    TensorRule("layers.down_bias", _L + "mlp.down_proj.bias", when="mlp_bias"),
-)
 
-# One table per family; Llama, Mistral and Qwen2 share HF's naming.
-NAME_TABLES = {"llama": LLAMA_FAMILY, "mistral": LLAMA_FAMILY, "qwen2": LLAMA_FAMILY}
+def layer_rules(config: ModelConfig, table: dict[str, str], prefix: str = LAYER_PREFIX) -> list[TensorRule]:
+    """Per-layer rules from `{param name: HF suffix}` for the parameters this config has; matrices
+    (two axes per tensor) are transposed, vectors are not."""
+    specs = config.family.layer_params(config)
+    rules = []
+    for name, suffix in table.items():
+        if name in specs:
+            per_tensor = specs[name].shape[1:] if "{j}" in suffix else specs[name].shape
+            rules.append(TensorRule(f"layers.{name}", prefix + suffix, transpose=len(per_tensor) == 2))
+    missing = sorted(set(specs) - set(table))
+    if missing:
+        raise ValueError(f"{config.model_type}: no checkpoint name for layer parameters {missing}")
+    return rules
 
 
 def rules_for(config: ModelConfig, head: str) -> list[TensorRule]:
-    """The rules that apply to a model of this config with `head` in {"lm", "score"}."""
-    return [r for r in NAME_TABLES[config.model_type] if CONDITIONS[r.when](config, head)]
+    """Every rule of a model of this config with `head` in {"lm", "score"}."""
+    rules = [TensorRule("embed", "model.embed_tokens.weight"), TensorRule("final_norm", "model.norm.weight")]
+    if head == "lm" and not config.tie_word_embeddings:
+        rules.append(TensorRule("lm_head", "lm_head.weight", transpose=True))
+    if head == "score":
+        rules.append(TensorRule("score", "score.weight", transpose=True))
+    return rules + list(config.family.hf_layer_names(config))
 
 
 def module_param_path(rule: TensorRule, head: str) -> str:

@@ -1,26 +1,31 @@
-"""Llama-family decoder as a Flax NNX module with layer-stacked parameters.
+"""The decoder every family shares, as a Flax NNX module with layer-stacked parameters.
 
-All decoder layers share one set of stacked parameters `[num_layers, ...]` and run
-under `jax.lax.scan`, so a 30-layer model compiles like a 1-layer one and pruning
-a layer is an index deletion. Parameters carry `out_sharding` metadata for the
-mesh axes `fsdp` and `tensor`; `jaxalign.parallel` turns them into shardings.
+A family (``jaxalign.models.families``) declares its per-layer parameters and its layer function;
+this module owns everything around them: embedding, the scan over layers, the final norm, the LM
+or scalar head, the KV cache. All layers share one set of stacked parameters `[L, ...]` and run
+under `jax.lax.scan`, so a 30-layer model compiles like a 1-layer one and pruning a layer is an
+index deletion. Families whose layers differ by kind (Gemma's local/global attention) scan over
+the repeating period of kinds, each kind static inside the body, so every attention kernel sees a
+static window. Parameters carry `out_sharding` names for the mesh axes; `jaxalign.parallel` turns
+them into shardings.
 
-Shapes: B batch, T query length, S key length (T, or the KV-cache size),
-D hidden, H heads, K kv heads, Dh head dim, F MLP width, V vocab, L layers.
+Shapes: B batch, T query length, S key length (T, or the KV-cache size), D hidden, K kv heads,
+Dh head dim, V vocab, L layers.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.rope import apply_rope, inverse_frequencies, rope_cos_sin
+from jaxalign.models.layers.context import LayerContext
+from jaxalign.models.layers.params import ParamSpec, make_param
+from jaxalign.models.layers.rope import rope_cos_sin
+from jaxalign.ops.attention import IMPLEMENTATIONS
 
 # Remat policies for the per-layer scan body, selected by name from configs.
 REMAT_POLICIES = {
@@ -29,158 +34,21 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_all": jax.checkpoint_policies.everything_saveable,
 }
-
-# name -> (shape builder, sharding names, initialiser kind); shapes exclude the layer axis.
-_LAYER_PARAMS = {
-    "attn_norm": (lambda c: (c.hidden_size,), (None,), "ones"),
-    "q_proj": (lambda c: (c.hidden_size, c.num_heads * c.head_dim), ("fsdp", "tensor"), "normal"),
-    "k_proj": (lambda c: (c.hidden_size, c.num_kv_heads * c.head_dim), ("fsdp", "tensor"), "normal"),
-    "v_proj": (lambda c: (c.hidden_size, c.num_kv_heads * c.head_dim), ("fsdp", "tensor"), "normal"),
-    "o_proj": (lambda c: (c.num_heads * c.head_dim, c.hidden_size), ("tensor", "fsdp"), "normal"),
-    "mlp_norm": (lambda c: (c.hidden_size,), (None,), "ones"),
-    "gate_proj": (lambda c: (c.hidden_size, c.intermediate_size), ("fsdp", "tensor"), "normal"),
-    "up_proj": (lambda c: (c.hidden_size, c.intermediate_size), ("fsdp", "tensor"), "normal"),
-    "down_proj": (lambda c: (c.intermediate_size, c.hidden_size), ("tensor", "fsdp"), "normal"),
-}
-_BIAS_PARAMS = {
-    "q_bias": ("qkv_bias", lambda c: (c.num_heads * c.head_dim,), ("tensor",)),
-    "k_bias": ("qkv_bias", lambda c: (c.num_kv_heads * c.head_dim,), ("tensor",)),
-    "v_bias": ("qkv_bias", lambda c: (c.num_kv_heads * c.head_dim,), ("tensor",)),
-    "o_bias": ("o_bias", lambda c: (c.hidden_size,), (None,)),
-    "gate_bias": ("mlp_bias", lambda c: (c.intermediate_size,), ("tensor",)),
-    "up_bias": ("mlp_bias", lambda c: (c.intermediate_size,), ("tensor",)),
-    "down_bias": ("mlp_bias", lambda c: (c.hidden_size,), (None,)),
-}
-
-
-def _param(rngs: nnx.Rngs, shape, names, kind: str, dtype) -> nnx.Param:
-    if kind == "normal":
-        value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
-    elif kind == "ones":
-        value = jnp.ones(shape, jnp.float32)
-    else:
-        value = jnp.zeros(shape, jnp.float32)
-    return nnx.Param(value.astype(dtype), out_sharding=tuple(names), eager_sharding=False)
+# How the layer loop is compiled: one `lax.scan` over stacked layers (compiles like one layer), or
+# unrolled with static slices (longer compiles; on CPU it avoids the scan's per-layer weight slices).
+LAYER_LOOPS = ("scan", "unroll")
 
 
 class DecoderLayers(nnx.Module):
-    """Stacked parameters of all decoder layers (leading axis L)."""
+    """Stacked parameters of all decoder layers (leading axis L), as the family declares them."""
 
-    def __init__(self, config: ModelConfig, *, param_dtype, rngs: nnx.Rngs):
-        L = config.num_layers
-        for name, (shape, names, kind) in _LAYER_PARAMS.items():
-            setattr(self, name, _param(rngs, (L, *shape(config)), (None, *names), kind, param_dtype))
-        for name, (flag, shape, names) in _BIAS_PARAMS.items():
-            value = _param(rngs, (L, *shape(config)), (None, *names), "zeros", param_dtype) if getattr(config, flag) else None
-            setattr(self, name, value)
+    def __init__(self, specs: dict[str, ParamSpec], num_layers: int, *, param_dtype, rngs: nnx.Rngs):
+        self.names = tuple(specs)
+        for name, spec in specs.items():
+            setattr(self, name, make_param(rngs, spec, param_dtype, leading=(num_layers,)))
 
     def arrays(self) -> dict[str, jax.Array]:
-        names = list(_LAYER_PARAMS) + [n for n in _BIAS_PARAMS if getattr(self, n) is not None]
-        return {n: getattr(self, n)[...] for n in names}
-
-
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """HF RMSNorm: normalise in float32, cast back, then scale."""
-    xf = x.astype(jnp.float32)
-    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-    return weight.astype(x.dtype) * xf.astype(x.dtype)
-
-
-@jax.custom_vjp
-def _matmul(x, w):
-    """``x[B,T,D] @ w[D,F]`` whose weight gradient is ordered so that XLA:CPU transposes the smaller operand.
-
-    Autodiff computes ``dw`` as ``(g^T x)^T``, and XLA:CPU's dot wants the contracting dim of its
-    left operand minor, so it copies ``g`` (``[B*T, F]``) transposed, fused with whatever produced
-    ``g``: for the MLP's gate/up projections a strided loop over ``[B*T, 1376]`` that cost about
-    15% of a train step on a 2-core CPU (benchmarks/train_step.py). Here ``dw`` is ``x^T g`` when
-    ``D <= F`` (the transposed copy is of ``x``) and ``(g^T x)^T`` otherwise. Same values.
-    """
-    return jnp.einsum("btd,df->btf", x, w)
-
-
-def _matmul_fwd(x, w):
-    return _matmul(x, w), (x, w)
-
-
-def _matmul_bwd(res, g):
-    x, w = res
-    dx = jnp.einsum("btf,df->btd", g, w)
-    if x.shape[-1] <= g.shape[-1]:
-        dw = jnp.einsum("btd,btf->df", x, g)
-    else:
-        dw = jnp.einsum("btf,btd->fd", g, x).T
-    return dx, dw
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def _linear(x, w, b=None, custom_grad: bool = True):
-    w = w.astype(x.dtype)
-    # custom_vjp is opaque to checkpoint policies: remat="dots" must see the plain dot_general.
-    y = _matmul(x, w) if custom_grad else jnp.einsum("btd,df->btf", x, w)
-    return y if b is None else y + b.astype(x.dtype)
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """``jax.nn.dot_product_attention(q, k, v, mask=mask)`` (its XLA path: same scale, masking
-    value, float32 softmax and dtypes), with the G query heads of each KV head stacked into one
-    ``[G*T, Dh] x [Dh, S]`` matmul per (batch, KV head) instead of a dot vmapped over G (about 1.5x
-    faster forward and backward on CPU).
-
-    q `[B,T,H,Dh]`; k, v `[B,S,K,Dh]` (H a multiple of K); mask bool `[B or 1, 1, T, S]`.
-    """
-    B, T, H, Dh = q.shape
-    S, K = k.shape[1], k.shape[2]
-    G = H // K
-    qg = q.reshape(B, T, K, G, Dh).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, Dh)
-    logits = jnp.einsum("bkqd,bskd->bkqs", qg, k, preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
-    logits = logits * jnp.asarray(1.0 / np.sqrt(Dh), logits.dtype)
-    mb = mask.shape[0]
-    m = jnp.broadcast_to(mask.reshape(mb, 1, 1, T, S), (mb, 1, G, T, S)).reshape(mb, 1, G * T, S)
-    large_negative = -0.7 * min(float(jnp.finfo(logits.dtype).max), float(jnp.finfo(jnp.float32).max))
-    logits = jnp.where(m, logits, jnp.asarray(large_negative, logits.dtype))
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(k.dtype)
-    out = jnp.einsum("bkqs,bskd->bkqd", probs, v)
-    return out.reshape(B, K, G, T, Dh).transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
-
-
-def decoder_layer(config: ModelConfig, p: dict[str, jax.Array], x, cos, sin, mask, cache_kv=None, cache_index=None,
-                  *, custom_grad: bool = True):
-    """One pre-norm decoder layer.
-
-    x `[B,T,D]`; cos/sin `[B,T,Dh]`; mask bool `[B,1,T,S]`; cache_kv optional
-    (k, v) `[B,S,K,Dh]` written at `cache_index`. Returns (x, (k, v)) where k, v
-    are the keys/values attended to (the updated cache when one is given).
-    `custom_grad=False` differentiates the projections with plain autodiff (see `_matmul`).
-    """
-    B, T, _ = x.shape
-    H, K, Dh = config.num_heads, config.num_kv_heads, config.head_dim
-    lin = functools.partial(_linear, custom_grad=custom_grad)
-    h = rms_norm(x, p["attn_norm"], config.rms_norm_eps)
-    q = lin(h, p["q_proj"], p.get("q_bias")).reshape(B, T, H, Dh)
-    k = lin(h, p["k_proj"], p.get("k_bias")).reshape(B, T, K, Dh)
-    v = lin(h, p["v_proj"], p.get("v_bias")).reshape(B, T, K, Dh)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if cache_kv is not None:
-        k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), (0, cache_index, 0, 0))
-        v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), (0, cache_index, 0, 0))
-    attn = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-    x = x + lin(attn.reshape(B, T, H * Dh), p["o_proj"], p.get("o_bias"))
-    h = rms_norm(x, p["mlp_norm"], config.rms_norm_eps)
-    gate = lin(h, p["gate_proj"], p.get("gate_bias"))
-    up = lin(h, p["up_proj"], p.get("up_bias"))
-    x = x + lin(jax.nn.silu(gate) * up, p["down_proj"], p.get("down_bias"))
-    return x, (k, v)
-
-
-def attention_mask(segment_ids: jax.Array) -> jax.Array:
-    """Causal mask restricted to equal, non-zero segments: bool `[B,1,T,T]`."""
-    T = segment_ids.shape[1]
-    causal = jnp.tril(jnp.ones((T, T), dtype=bool))
-    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] != 0)
-    return (causal[None] & same)[:, None]
+        return {n: getattr(self, n)[...] for n in self.names}
 
 
 def default_positions(segment_ids: jax.Array) -> jax.Array:
@@ -192,35 +60,50 @@ def default_positions(segment_ids: jax.Array) -> jax.Array:
     return (idx - start_idx).astype(jnp.int32)
 
 
-class Decoder(nnx.Module):
-    """Llama-family causal LM.
+def layer_period(kinds: tuple[str, ...]) -> int:
+    """Smallest p with kinds[i] == kinds[i % p] for every layer (1 for uniform models, 2 for Gemma 2's
+    alternation, 6 for Gemma 3's 5:1; len(kinds) when there is no repetition, e.g. after pruning)."""
+    n = len(kinds)
+    return next(p for p in range(1, n + 1) if all(kinds[i] == kinds[i % p] for i in range(n)))
 
-    `hidden_states(ids)` -> `[B,T,D]` after the final norm (what the chunked
-    log-prob ops consume); `lm_head_weight()` -> `[D,V]`; `model(ids)` -> float32
-    logits `[B,T,V]` for evaluation and parity checks.
+
+class Decoder(nnx.Module):
+    """Causal LM of any registered family.
+
+    `hidden_states(ids)` -> `[B,T,D]` after the final norm (what the chunked log-prob ops
+    consume); `lm_head_weight()` -> `[D,V]`; `logit_softcap` -> the final soft-cap (or None) the
+    log-prob ops apply; `model(ids)` -> float32 logits `[B,T,V]` for evaluation and parity checks.
+    `attention`: a `jaxalign.ops.attention` implementation; `layer_loop`: one of `LAYER_LOOPS`.
     """
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        *,
-        rngs: nnx.Rngs,
-        dtype: Any = jnp.float32,
-        param_dtype: Any = jnp.float32,
-        remat: str = "none",
-        lm_head: bool = True,
-    ):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32, remat: str = "none", lm_head: bool = True,
+                 attention: str = "auto", layer_loop: str = "scan"):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat={remat!r} is not one of {', '.join(REMAT_POLICIES)}")
+        if attention not in IMPLEMENTATIONS:
+            raise ValueError(f"attention={attention!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+        if layer_loop not in LAYER_LOOPS:
+            raise ValueError(f"layer_loop={layer_loop!r} is not one of {', '.join(LAYER_LOOPS)}")
         self.config = config
         self.dtype = jnp.dtype(dtype)
         self.remat = remat
+        self.attention = attention
+        self.layer_loop = layer_loop
         D, V = config.hidden_size, config.vocab_size
-        self.embed = _param(rngs, (V, D), ("tensor", "fsdp"), "normal", param_dtype)
-        self.layers = DecoderLayers(config, param_dtype=param_dtype, rngs=rngs)
-        self.final_norm = _param(rngs, (D,), (None,), "ones", param_dtype)
+        self.embed = make_param(rngs, ParamSpec((V, D), ("tensor", "fsdp")), param_dtype)
+        self.layers = DecoderLayers(config.family.layer_params(config), config.num_layers, param_dtype=param_dtype, rngs=rngs)
+        self.final_norm = make_param(rngs, ParamSpec((D,), (None,), _norm_init(config)), param_dtype)
         untied = lm_head and not config.tie_word_embeddings
-        self.lm_head = _param(rngs, (D, V), ("fsdp", "tensor"), "normal", param_dtype) if untied else None
+        self.lm_head = make_param(rngs, ParamSpec((D, V), ("fsdp", "tensor")), param_dtype) if untied else None
+
+    @property
+    def family(self):
+        return self.config.family
+
+    @property
+    def logit_softcap(self) -> float | None:
+        return self.config.final_logit_softcap
 
     def lm_head_weight(self) -> jax.Array:
         """The output projection `[D, V]` (the transposed embedding when tied)."""
@@ -228,46 +111,100 @@ class Decoder(nnx.Module):
             return self.lm_head[...]
         return self.embed[...].T
 
-    def _run_layers(self, x, positions, mask, return_kv: bool = False):
-        """All layers under `lax.scan` over the stacked parameters (training, scoring, prefill).
-
-        Returns final-norm hidden states, and with `return_kv` the stacked keys and
-        values `[L,B,T,K,Dh]` each.
-        """
-        cos, sin = rope_cos_sin(positions, inverse_frequencies(self.config))
-        config = self.config
-
-        custom_grad = self.remat != "dots"  # the "dots" policy must see the projections' dot_general
-
-        def body(carry, p):
-            out, kv = decoder_layer(config, p, carry, cos, sin, mask, custom_grad=custom_grad)
-            return out, (kv if return_kv else None)
-
-        if self.remat != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-        x, kv = jax.lax.scan(body, x, self.layers.arrays())
-        x = rms_norm(x, self.final_norm[...], config.rms_norm_eps)
-        return (x, kv) if return_kv else x
-
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+        x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+        scale = self.family.embed_scale(self.config)
+        return x if scale is None else x * jnp.asarray(scale, self.dtype)
 
-    def hidden_states(self, input_ids, positions=None, segment_ids=None) -> jax.Array:
-        """Final-norm hidden states `[B,T,D]` in the compute dtype.
+    def _final_norm(self, x):
+        return self.family.final_norm(x, self.final_norm[...], self.config.rms_norm_eps)
 
-        segment_ids `[B,T]` (0 = padding) restrict attention to each packed
-        example; positions default to 0.. within each segment.
+    def _rope(self, positions) -> dict[str, tuple[jax.Array, jax.Array]]:
+        return {name: rope_cos_sin(positions, inv) for name, inv in self.family.rope_tables(self.config).items()}
+
+    def _run_layers(self, x, ctx: LayerContext, return_kv: bool = False):
+        """All layers over the stacked parameters (training, scoring, prefill).
+
+        Returns (final-norm hidden states, summed auxiliary loss), plus with `return_kv` the keys and
+        values of every layer, stacked `[L,B,T,K,Dh]` each.
+        """
+        config, family = self.config, self.family
+        kinds = config.layer_kinds
+        period = layer_period(kinds)
+
+        def run_block(carry, p, block_kinds):
+            x, aux = carry
+            kvs = []
+            for j, kind in enumerate(block_kinds):
+                x, kv, a = family.layer(config, kind, {k: v[j] for k, v in p.items()}, x, ctx)
+                aux = aux + a
+                kvs.append(kv if return_kv else None)
+            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *kvs) if return_kv else None
+            return (x, aux), stacked
+
+        def checkpointed(block_kinds):
+            fn = lambda carry, p: run_block(carry, p, block_kinds)  # noqa: E731
+            if self.remat != "none":
+                fn = jax.checkpoint(fn, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+            return fn
+
+        stacked = self.layers.arrays()
+        carry = (x, jnp.zeros((), jnp.float32))
+        kv_parts = []
+        if self.layer_loop == "unroll":
+            for i in range(config.num_layers):
+                body = checkpointed((kinds[i],))
+                carry, kv = body(carry, {k: v[i:i + 1] for k, v in stacked.items()})
+                kv_parts.append(kv)
+        else:
+            n_blocks, rest = divmod(config.num_layers, period)
+            if n_blocks:
+                blocks = {k: v[: n_blocks * period].reshape(n_blocks, period, *v.shape[1:]) for k, v in stacked.items()}
+                carry, kv = jax.lax.scan(checkpointed(kinds[:period]), carry, blocks)
+                kv_parts.append(None if kv is None else jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), kv))
+            if rest:
+                carry, kv = checkpointed(kinds[n_blocks * period:])(carry, {k: v[n_blocks * period:] for k, v in stacked.items()})
+                kv_parts.append(kv)
+        x, aux = carry
+        x = self._final_norm(x)
+        if not return_kv:
+            return x, aux
+        kv = jax.tree.map(lambda *xs: jnp.concatenate(xs), *kv_parts)
+        return x, aux, kv
+
+    def _context(self, segment_ids, positions, kv_segment_ids=None, q_order=None, kv_order=None) -> LayerContext:
+        B, T = segment_ids.shape
+        q_order = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T)) if q_order is None else q_order
+        return LayerContext(
+            segment_ids=segment_ids,
+            kv_segment_ids=segment_ids if kv_segment_ids is None else kv_segment_ids,
+            q_positions=q_order,
+            kv_positions=q_order if kv_order is None else kv_order,
+            rope=self._rope(positions),
+            attention_impl=self.attention,
+            custom_grad=self.remat != "dots",  # the "dots" policy must see the projections' dot_general
+        )
+
+    def hidden_states(self, input_ids, positions=None, segment_ids=None, *, with_aux: bool = False):
+        """Final-norm hidden states `[B,T,D]` in the compute dtype (and, `with_aux`, the summed
+        auxiliary loss of the layers, e.g. MoE router load balancing; 0 for dense families).
+
+        segment_ids `[B,T]` (0 = padding) restrict attention to each packed example; positions
+        default to 0.. within each segment.
         """
         if segment_ids is None:
             segment_ids = jnp.ones(input_ids.shape, jnp.int32)
         if positions is None:
             positions = default_positions(segment_ids)
-        return self._run_layers(self.embed_tokens(input_ids), positions, attention_mask(segment_ids))
+        x, aux = self._run_layers(self.embed_tokens(input_ids), self._context(segment_ids, positions))
+        return (x, aux) if with_aux else x
 
     def __call__(self, input_ids, positions=None, segment_ids=None) -> jax.Array:
         """Float32 logits `[B,T,V]` (materialised: for evaluation and tests, not training)."""
         h = self.hidden_states(input_ids, positions, segment_ids)
-        return jnp.einsum("btd,dv->btv", h, self.lm_head_weight().astype(h.dtype), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", h, self.lm_head_weight().astype(h.dtype), preferred_element_type=jnp.float32)
+        cap = self.logit_softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
 
     # ----------------------------------------------------------------- KV cache
     def unstacked_layers(self) -> list[dict[str, jax.Array]]:
@@ -288,7 +225,8 @@ class Decoder(nnx.Module):
         and return (hidden `[B,P,D]`, a KV cache of `cache_size` slots holding them)."""
         P = input_ids.shape[1]
         positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
-        hidden, (k, v) = self._run_layers(self.embed_tokens(input_ids), positions, attention_mask(prompt_mask), True)
+        ctx = self._context(prompt_mask.astype(jnp.int32), positions)
+        hidden, _, (k, v) = self._run_layers(self.embed_tokens(input_ids), ctx, return_kv=True)
         cache = self.init_cache(input_ids.shape[0], cache_size)
         cache = [(ck.at[:, :P].set(k[i].astype(ck.dtype)), cv.at[:, :P].set(v[i].astype(cv.dtype)))
                  for i, (ck, cv) in enumerate(cache)]
@@ -297,21 +235,32 @@ class Decoder(nnx.Module):
     def forward_cached(self, input_ids, positions, kv_valid, cache, cache_index, layers=None):
         """Run T new tokens against the cache; their keys land at `cache_index`.
 
-        input_ids/positions `[B,T]`; kv_valid bool `[B,S]` marks filled, non-padding
-        cache slots *including* the T new ones; layers: `unstacked_layers()` (pass
-        it in from outside a decode loop). Returns (hidden `[B,T,D]`, cache).
+        input_ids/positions `[B,T]`; kv_valid bool `[B,S]` marks filled, non-padding cache slots
+        *including* the T new ones; layers: `unstacked_layers()` (pass it in from outside a decode
+        loop). Causality and sliding windows compare cache slots, which differ from positions by a
+        per-row constant. Returns (hidden `[B,T,D]`, cache).
         """
-        T, S = input_ids.shape[1], cache[0][0].shape[1]
-        q_slot = cache_index + jnp.arange(T)
-        causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T,S]
-        mask = (causal[None] & kv_valid[:, None, :])[:, None]
-        cos, sin = rope_cos_sin(positions, inverse_frequencies(self.config))
+        B, T = input_ids.shape
+        S = cache[0][0].shape[1]
+        ctx = self._context(
+            jnp.ones((B, T), jnp.int32), positions, kv_segment_ids=kv_valid.astype(jnp.int32),
+            q_order=jnp.broadcast_to(cache_index + jnp.arange(T, dtype=jnp.int32), (B, T)),
+            kv_order=jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S)),
+        )
         x = self.embed_tokens(input_ids)
         new_cache = []
-        for p, kv in zip(layers if layers is not None else self.unstacked_layers(), cache):
-            x, kv = decoder_layer(self.config, p, x, cos, sin, mask, kv, cache_index)
+        kinds = self.config.layer_kinds
+        for kind, p, kv in zip(kinds, layers if layers is not None else self.unstacked_layers(), cache):
+            x, kv, _ = self.family.layer(self.config, kind, p, x, ctx, kv, cache_index)
             new_cache.append(kv)
-        return rms_norm(x, self.final_norm[...], self.config.rms_norm_eps), new_cache
+        return self._final_norm(x), new_cache
+
+
+def _norm_init(config: ModelConfig) -> str:
+    """Gemma-style norms scale by (1 + w): their identity weight is 0."""
+    from jaxalign.models.layers.norms import rms_norm_plus_one
+
+    return "zeros" if config.family.final_norm is rms_norm_plus_one else "ones"
 
 
 class ScalarHeadModel(nnx.Module):
@@ -320,10 +269,12 @@ class ScalarHeadModel(nnx.Module):
     Saved as HF `*ForSequenceClassification` with `num_labels=1` (`score.weight`).
     """
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32, remat="none"):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+                 remat="none", attention: str = "auto", layer_loop: str = "scan"):
         self.config = config
-        self.decoder = Decoder(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, lm_head=False)
-        self.score = _param(rngs, (config.hidden_size, 1), ("fsdp", None), "normal", param_dtype)
+        self.decoder = Decoder(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, lm_head=False,
+                               attention=attention, layer_loop=layer_loop)
+        self.score = make_param(rngs, ParamSpec((config.hidden_size, 1), ("fsdp", None)), param_dtype)
 
     def __call__(self, input_ids, positions=None, segment_ids=None, last_index=None) -> jax.Array:
         """Scores `[B]` float32 read at `last_index` `[B]` (default: last non-padding token)."""

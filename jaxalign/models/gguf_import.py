@@ -33,6 +33,7 @@ place at the end, so an interrupted import never leaves a half-written
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "SUPPORTED_ARCHITECTURES",
+    "supported_architectures",
     "SUPPORTED_DTYPES",
     "TENSOR_NAME_TABLE",
     "GGUFImportError",
@@ -101,6 +102,7 @@ _REFUSED_TENSORS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def _compile_table(table):
     compiled = []
     for gguf_pat, hf_pat, transform in table:
@@ -109,12 +111,11 @@ def _compile_table(table):
     return tuple(compiled)
 
 
-_COMPILED_TABLE = _compile_table(TENSOR_NAME_TABLE)
-
-
-def _map_tensor_name(gguf_name: str) -> tuple[str, str | None, int | None] | None:
-    """GGUF tensor name -> (HF name, transform, block index), or None if the table has no entry."""
-    for regex, hf_pat, transform in _COMPILED_TABLE:
+def _map_tensor_name(gguf_name: str, extra: tuple = ()) -> tuple[str, str | None, int | None] | None:
+    """GGUF tensor name -> (HF name, transform, block index), or None if the table (the common one plus
+    a family's `extra` (GGUF name, HF name) rows) has no entry."""
+    table = TENSOR_NAME_TABLE + tuple((g, h, None) for g, h in extra)
+    for regex, hf_pat, transform in _compile_table(table):
         m = regex.match(gguf_name)
         if m is not None:
             idx = m.groupdict().get("i")
@@ -126,33 +127,31 @@ def _map_tensor_name(gguf_name: str) -> tuple[str, str | None, int | None] | Non
 
 @dataclass(frozen=True)
 class _ArchSpec:
+    """A family's llama.cpp naming (``Family.gguf``) with the HF names it maps to."""
+
     gguf_arch: str  # general.architecture, also the metadata key prefix
     model_type: str
     hf_architecture: str
     permute_qk: bool  # llama.cpp permuted q/k rows for its rotary layout
     qkv_bias: str  # "never" | "always" | "optional" (llama: all of q/k/v/o biases or none)
     extra_config: dict = field(default_factory=dict)
+    extra_tensors: tuple = ()
 
 
-_ARCHS: dict[str, _ArchSpec] = {
-    "llama": _ArchSpec(
-        gguf_arch="llama",
-        model_type="llama",
-        hf_architecture="LlamaForCausalLM",
-        permute_qk=True,
-        qkv_bias="optional",
-        extra_config={"mlp_bias": False, "pretraining_tp": 1},
-    ),
-    "qwen2": _ArchSpec(
-        gguf_arch="qwen2",
-        model_type="qwen2",
-        hf_architecture="Qwen2ForCausalLM",
-        permute_qk=False,
-        qkv_bias="always",
-        extra_config={"use_sliding_window": False, "sliding_window": None},
-    ),
-}
-SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_ARCHS)
+def _arch_specs() -> dict[str, _ArchSpec]:
+    """GGUF ``general.architecture`` -> spec, from every registered family that has a GGUF mapping."""
+    from jaxalign.models.families import families
+
+    return {
+        f.gguf.arch: _ArchSpec(f.gguf.arch, f.model_type, f.causal_lm, f.gguf.permute_qk, f.gguf.qkv_bias,
+                               dict(f.gguf.extra_config), f.gguf.extra_tensors)
+        for f in families().values() if f.gguf is not None
+    }
+
+
+def supported_architectures() -> tuple[str, ...]:
+    """The GGUF architectures that import (one per family with a llama.cpp mapping)."""
+    return tuple(sorted(_arch_specs()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,48 +283,34 @@ class _Plan:
     tensor_types: dict
 
 
-def _expected_shapes(cfg: dict, spec: _ArchSpec, *, attn_bias: bool) -> dict[str, tuple[int, ...]]:
-    h, ffn, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
-    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], h), "model.norm.weight": (h,)}
-    if not cfg["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (cfg["vocab_size"], h)
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes.update(
-            {
-                p + "input_layernorm.weight": (h,),
-                p + "self_attn.q_proj.weight": (q, h),
-                p + "self_attn.k_proj.weight": (kv, h),
-                p + "self_attn.v_proj.weight": (kv, h),
-                p + "self_attn.o_proj.weight": (h, q),
-                p + "post_attention_layernorm.weight": (h,),
-                p + "mlp.gate_proj.weight": (ffn, h),
-                p + "mlp.up_proj.weight": (ffn, h),
-                p + "mlp.down_proj.weight": (h, ffn),
-            }
-        )
-        if attn_bias:
-            shapes.update(
-                {
-                    p + "self_attn.q_proj.bias": (q,),
-                    p + "self_attn.k_proj.bias": (kv,),
-                    p + "self_attn.v_proj.bias": (kv,),
-                }
-            )
-            if spec.qkv_bias == "optional":  # HF Llama's attention_bias covers o_proj too
-                shapes[p + "self_attn.o_proj.bias"] = (h,)
+def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> shape for this config.json, from the family's own name table and parameter specs."""
+    from jaxalign.models.checkpoint_names import rules_for
+    from jaxalign.models.config import ModelConfig
+
+    config = ModelConfig.from_hf_dict(cfg, source="GGUF metadata")
+    specs = config.family.layer_params(config)
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, config.hidden_size), "model.norm.weight": (config.hidden_size,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, config.hidden_size)
+    for rule in rules_for(config, "lm"):
+        if rule.per_layer:
+            shape = specs[rule.param.split(".", 1)[1]].shape
+            shape = tuple(reversed(shape)) if rule.transpose else shape
+            for name in rule.names(config.num_layers):
+                shapes[name] = shape
     return shapes
 
 
 def _plan(path: pathlib.Path, reader, *, dtype: str) -> _Plan:
     arch = _meta(reader, "general.architecture", path=path)
-    if arch not in _ARCHS:
+    specs = _arch_specs()
+    if arch not in specs:
         raise GGUFImportError(
             f"{path}: GGUF architecture {arch!r} is not supported; supported architectures: "
-            + ", ".join(SUPPORTED_ARCHITECTURES)
+            + ", ".join(sorted(specs))
         )
-    spec = _ARCHS[arch]
+    spec = specs[arch]
     p = arch + "."
 
     def m(key, default=_MISSING):
@@ -349,7 +334,7 @@ def _plan(path: pathlib.Path, reader, *, dtype: str) -> _Plan:
     for t in reader.tensors:
         if t.name in _REFUSED_TENSORS:
             raise GGUFImportError(f"{path}: {_REFUSED_TENSORS[t.name]} (tensor {t.name!r})")
-        hit = _map_tensor_name(t.name)
+        hit = _map_tensor_name(t.name, spec.extra_tensors)
         if hit is None:
             raise GGUFImportError(
                 f"{path}: tensor {t.name!r} has no mapping to a Hugging Face {spec.hf_architecture} weight"
@@ -455,8 +440,6 @@ def _plan(path: pathlib.Path, reader, *, dtype: str) -> _Plan:
         config["unk_token_id"] = unk
     if spec.qkv_bias == "optional":
         config["attention_bias"] = attn_bias
-    if spec.model_type == "qwen2":
-        config["max_window_layers"] = n_layer
     config.update(spec.extra_config)
     config["gguf_import"] = {
         "file": path.name,
@@ -466,7 +449,7 @@ def _plan(path: pathlib.Path, reader, *, dtype: str) -> _Plan:
     }
 
     # -- every expected weight present, nothing unexpected, shapes right
-    expected = _expected_shapes(config, spec, attn_bias=attn_bias)
+    expected = _expected_shapes(config)
     got = {hf: _tensor_numpy_shape(t) for t, hf, _ in mapped}
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
@@ -620,7 +603,7 @@ def gguf_to_hf(
     """Convert a GGUF checkpoint into a Hugging Face model folder.
 
     Args:
-        gguf_path: the ``.gguf`` file (architectures: see :data:`SUPPORTED_ARCHITECTURES`).
+        gguf_path: the ``.gguf`` file (architectures: see :func:`supported_architectures`).
         out_dir: folder to create. It must not exist or be empty, unless ``overwrite=True``.
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` for ``model.safetensors``.
             Dequantisation itself is always done in float32.

@@ -24,8 +24,9 @@ from jax.sharding import Mesh
 from safetensors.numpy import save_file
 
 from jaxalign.models.checkpoint_names import TensorRule, module_param_path, rules_for
-from jaxalign.models.config import SEQUENCE_CLASSIFICATION_ARCHITECTURES, ConfigError, ModelConfig
+from jaxalign.models.config import ConfigError, ModelConfig
 from jaxalign.models.decoder import Decoder, ScalarHeadModel
+from jaxalign.models.families import head_of
 from jaxalign.models.resolve import resolve_model_path
 from jaxalign.models.safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointError, SafetensorsReader
 from jaxalign.parallel.sharding import param_sharding
@@ -50,45 +51,60 @@ def _get(module: nnx.Module, dotted: str):
     return module
 
 
+def _stack_axes(rule: TensorRule) -> int:
+    """Leading parameter axes that index HF tensors: layer, then expert."""
+    return int(rule.per_layer) + int(rule.per_expert)
+
+
 def _hf_shape(rule: TensorRule, param_shape: tuple[int, ...]) -> tuple[int, ...]:
-    shape = param_shape[1:] if rule.per_layer else param_shape
+    shape = param_shape[_stack_axes(rule):]
     return tuple(reversed(shape)) if rule.transpose else tuple(shape)
 
 
-def _read_param(reader: SafetensorsReader, rule: TensorRule, shape, dtype, sharding) -> jax.Array:
-    """Fill one (possibly layer-stacked) parameter; each device reads only its slice."""
-    np_dtype = np.dtype(dtype)
-    expected = _hf_shape(rule, shape)
-    names = [rule.hf.format(i=i) for i in range(shape[0])] if rule.per_layer else [rule.hf]
+def _check_shapes(reader: SafetensorsReader, rule: TensorRule, names: list[str], expected: tuple[int, ...]):
     for name in names:
         found = reader.shape(name)
-        if found != expected:
+        ok = found == expected
+        if rule.rows is not None:  # a slice of a fused tensor: the rest of its shape must match
+            ok = len(found) == len(expected) and found[0] >= rule.rows[1] and found[1:] == expected[1:]
+            expected = (f">={rule.rows[1]}", *expected[1:])
+        if not ok:
             raise CheckpointError(
                 f"{reader.location[name]}: tensor {name!r} has shape {list(found)}, expected {list(expected)} "
                 "from config.json"
             )
 
+
+def _read_param(reader: SafetensorsReader, rule: TensorRule, shape, dtype, sharding) -> jax.Array:
+    """Fill one (possibly layer- and expert-stacked) parameter; each device reads only its slice."""
+    np_dtype = np.dtype(dtype)
+    lead = _stack_axes(rule)
+    experts = shape[1] if rule.per_expert else 0
+    names = rule.names(shape[0] if rule.per_layer else 0, experts)
+    _check_shapes(reader, rule, names, _hf_shape(rule, shape))
+
     def read_one(name, index):
-        hf_index = tuple(reversed(index)) if rule.transpose else tuple(index)
-        block = reader.read(name, hf_index)
+        hf_index = list(reversed(index)) if rule.transpose else list(index)
+        if rule.rows is not None:
+            first = range(rule.rows[1] - rule.rows[0])[hf_index[0]]
+            hf_index[0] = slice(rule.rows[0] + first.start, rule.rows[0] + first.stop)
+        block = reader.read(name, tuple(hf_index))
         return (block.T if rule.transpose else block).astype(np_dtype)
 
     def callback(index):
-        if not rule.per_layer:
+        if lead == 0:
             return read_one(names[0], index)
         layers = range(shape[0])[index[0]]
-        return np.stack([read_one(names[i], index[1:]) for i in layers])
+        if lead == 1:
+            return np.stack([read_one(names[i], index[1:]) for i in layers])
+        picked = range(experts)[index[1]]
+        return np.stack([np.stack([read_one(names[i * experts + j], index[2:]) for j in picked]) for i in layers])
 
     return jax.make_array_from_callback(tuple(shape), sharding, callback)
 
 
 def model_class(head: str):
     return ScalarHeadModel if head == "score" else Decoder
-
-
-def head_of(architectures: list[str] | None) -> str:
-    """'score' for *ForSequenceClassification checkpoints, else 'lm'."""
-    return "score" if architectures and architectures[0] in SEQUENCE_CLASSIFICATION_ARCHITECTURES else "lm"
 
 
 def load_model(
@@ -99,6 +115,8 @@ def load_model(
     mesh: Mesh | None = None,
     remat: str = "none",
     head: str | None = None,
+    attention: str = "auto",
+    layer_loop: str = "scan",
 ) -> Decoder | ScalarHeadModel:
     """Model weights from an HF folder; `head` defaults to what config.json says."""
     folder = Path(folder)
@@ -108,7 +126,9 @@ def load_model(
     reader = SafetensorsReader(folder)
     compute, storage = resolve_dtype(dtype), resolve_dtype(param_dtype or dtype)
     cls = model_class(head)
-    model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), dtype=compute, param_dtype=storage, remat=remat))
+    model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), dtype=compute, param_dtype=storage, remat=remat,
+                                       attention=attention, layer_loop=layer_loop))
+    known = set()
     for rule in rules_for(config, head):
         variable = _get(model, module_param_path(rule, head))
         sharding = param_sharding(variable, mesh)
@@ -119,7 +139,8 @@ def load_model(
             variable.set_value(jax.device_put(value.astype(storage), sharding))
             continue
         variable.set_value(_read_param(reader, rule, tuple(variable.shape), storage, sharding))
-    known = {r.hf.format(i=i) for r in rules_for(config, head) for i in range(config.num_layers)}
+        shape = tuple(variable.shape)
+        known.update(rule.names(shape[0] if rule.per_layer else 0, shape[1] if rule.per_expert else 0))
     unused = [n for n in reader.names() if n not in known and not n.endswith("rotary_emb.inv_freq")]
     if unused:
         log.warning("%s: %d checkpoint tensors are not used, e.g. %s", folder, len(unused), unused[:3])
@@ -148,6 +169,8 @@ def load_pretrained(
     remat: str = "none",
     head: str | None = None,
     tokenizer: bool = True,
+    attention: str = "auto",
+    layer_loop: str = "scan",
 ):
     """`(model, tokenizer)` from a local HF folder, a `.gguf` file or a hub id.
 
@@ -156,7 +179,8 @@ def load_pretrained(
     mesh: place each parameter by its partition annotation on this mesh.
     """
     folder = resolve_model_path(path_or_hub_id)
-    model = load_model(folder, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=remat, head=head)
+    model = load_model(folder, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=remat, head=head,
+                       attention=attention, layer_loop=layer_loop)
     return model, (load_tokenizer(folder) if tokenizer else None)
 
 
@@ -170,20 +194,26 @@ def _host(x: jax.Array) -> np.ndarray:
 
 
 def model_tensors(model: Decoder | ScalarHeadModel, dtype: Any = None):
-    """Yield (HF name, numpy array) for every checkpoint tensor of `model`."""
+    """Yield (HF name, numpy array) for every checkpoint tensor of `model`, in table order; the
+    slices of a fused tensor (`TensorRule.rows`) are concatenated back into one."""
     head = "score" if isinstance(model, ScalarHeadModel) else "lm"
     config = model.config
+    fused: dict[str, list[TensorRule]] = {}
     for rule in rules_for(config, head):
-        value = _get(model, module_param_path(rule, head))[...]
-        if dtype is not None:
-            value = value.astype(resolve_dtype(dtype))
-        if rule.per_layer:
-            for i in range(config.num_layers):
-                arr = _host(value[i])
-                yield rule.hf.format(i=i), np.ascontiguousarray(arr.T if rule.transpose else arr)
-        else:
-            arr = _host(value)
-            yield rule.hf, np.ascontiguousarray(arr.T if rule.transpose else arr)
+        fused.setdefault(rule.hf, []).append(rule)
+    for pattern, rules in fused.items():
+        values = []
+        for rule in sorted(rules, key=lambda r: r.rows or (0, 0)):
+            value = _get(model, module_param_path(rule, head))[...]
+            values.append(value if dtype is None else value.astype(resolve_dtype(dtype)))
+        rule = rules[0]
+        layers = value.shape[0] if rule.per_layer else 0
+        experts = value.shape[1] if rule.per_expert else 0
+        for k, name in enumerate(rule.names(layers, experts)):
+            index = (k // experts, k % experts) if rule.per_expert else ((k,) if rule.per_layer else ())
+            parts = [_host(v[index]) for v in values]
+            parts = [p.T if rule.transpose else p for p in parts]
+            yield name, np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0))
 
 
 def _write_weights(tensors, folder: Path, max_shard_bytes: int):
@@ -241,8 +271,6 @@ def save_pretrained(
     head = "score" if isinstance(model, ScalarHeadModel) else "lm"
     config = model.config
     stored = resolve_dtype(dtype) if dtype is not None else jnp.dtype(_get(model, module_param_path(rules_for(config, head)[0], head))[...].dtype)
-    arch = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[config.model_type]
-    arch += "ForSequenceClassification" if head == "score" else "ForCausalLM"
     tensors = model_tensors(model, dtype)  # generator: gathers every process's part
     if jax.process_index() != 0:
         for _ in tensors:
@@ -255,7 +283,7 @@ def save_pretrained(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        hf = config.to_hf_dict(architecture=arch, dtype=str(stored))
+        hf = config.to_hf_dict(head=head, dtype=str(stored))
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
         gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf.get(k) is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
@@ -270,13 +298,15 @@ def save_pretrained(
 
 
 def init_model(config: ModelConfig, *, seed: int = 0, dtype: Any = "float32", param_dtype: Any = None,
-               mesh: Mesh | None = None, remat: str = "none", head: str = "lm"):
+               mesh: Mesh | None = None, remat: str = "none", head: str = "lm", attention: str = "auto",
+               layer_loop: str = "scan"):
     """A randomly initialised model, each parameter placed by its annotation on `mesh`."""
     cls = model_class(head)
     compute, storage = resolve_dtype(dtype), resolve_dtype(param_dtype or dtype)
 
     def make():
-        return cls(config, rngs=nnx.Rngs(seed), dtype=compute, param_dtype=storage, remat=remat)
+        return cls(config, rngs=nnx.Rngs(seed), dtype=compute, param_dtype=storage, remat=remat, attention=attention,
+                   layer_loop=layer_loop)
 
     if mesh is None:
         return make()

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from flax import nnx
 
-from jaxalign.models.decoder import Decoder, DecoderLayers, ScalarHeadModel
+from jaxalign.models.decoder import Decoder, ScalarHeadModel
 
 
 def layers_to_drop(num_layers: int, fraction: float, strategy: str = "uniform") -> list[int]:
@@ -41,7 +41,11 @@ def prune_layers(model: Decoder | ScalarHeadModel, drop: Sequence[int]):
     if len(keep) == 0:
         raise ValueError("cannot drop every layer")
     graphdef, state = nnx.split(model)
-    new_config = decoder.config.replace(num_layers=len(keep))
+    config = decoder.config
+    # Each kept layer keeps its kind (a Gemma local/global layer stays local/global, with its window
+    # and RoPE base); the pruned config lists them explicitly in `layer_types`.
+    types = None if config.layer_types is None else tuple(config.layer_types[i] for i in keep)
+    new_config = config.replace(num_layers=len(keep), layer_types=types)
 
     def slice_layers(path, value):
         return value[keep] if "layers" in [str(p) for p in path] else value

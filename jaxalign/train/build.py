@@ -12,7 +12,8 @@ from jaxalign.models.resolve import resolve_model_path
 
 def build_model(spec: ModelSpec, *, key: str, head: str = "lm", mesh: Mesh | None = None, seed: int = 0):
     """The model a config section describes, placed on `mesh` by its partition rules."""
-    kwargs = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, mesh=mesh, remat=spec.remat, head=head)
+    kwargs = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, mesh=mesh, remat=spec.remat, head=head,
+                  attention=spec.attention, layer_loop=spec.layer_loop)
     if spec.path:
         return load_model(resolve_model_path(spec.path), **kwargs)
     if spec.preset:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxalign.ops import masked_token_logprobs, segment_logprobs, sharded_token_logprobs, token_logprobs
+from jaxalign.ops import masked_token_logprobs, segment_logprobs, sharded_token_logprobs
 
 BATCH_AXES = ("data", "fsdp")  # the mesh axes the rows are sharded over (jaxalign.parallel.mesh)
 
@@ -46,6 +46,7 @@ class SequenceOutput:
     logps: jax.Array  # [N, K] summed response log-probs per example
     lengths: jax.Array  # [N, K] response token counts
     hidden: jax.Array  # [N, T, D] final hidden states (for token-level distillation)
+    aux_loss: jax.Array  # scalar: the layers' auxiliary loss (MoE router load balancing; 0 for dense models)
 
 
 def batch_groups(rows: int, mesh: Mesh | None) -> int:
@@ -61,14 +62,15 @@ def batch_groups(rows: int, mesh: Mesh | None) -> int:
 
 
 def scored_token_logps(hidden, head, targets, mask, *, chunk_size: int, mesh: Mesh | None = None,
-                       save_logits: bool | None = None) -> jax.Array:
+                       save_logits: bool | None = None, logit_softcap: float | None = None) -> jax.Array:
     """`[N, T]` log-probs of `targets` at the positions where `mask != 0` (0 elsewhere).
 
     `hidden` `[N, T, D]` is already shifted against `targets` `[N, T]`. Runs
     `masked_token_logprobs` with `chunk_size` packed positions per chunk; the forward's logits are
     kept for the backward pass (no recomputation) when the packed buffer holds at most
-    `N * chunk_size` positions, i.e. when keeping them costs no more memory than one chunk of the
-    per-row chunked head (`token_logprobs`, `[N, chunk_size, V]`); `save_logits` overrides.
+    `N * chunk_size` positions, i.e. when keeping them costs no more memory than one chunk of a
+    per-row chunked head (`[N, chunk_size, V]`); `save_logits` overrides. `logit_softcap`: the
+    model's final soft-cap (Gemma 2), applied before the log-softmax.
     """
     N, T = targets.shape
     groups = batch_groups(N, mesh)
@@ -78,32 +80,30 @@ def scored_token_logps(hidden, head, targets, mask, *, chunk_size: int, mesh: Me
     if save_logits is None:
         save_logits = packed <= N * int(chunk_size)
     return masked_token_logprobs(hidden, head, targets, mask, chunk_size=chunk, groups=groups,
-                                 save_logits=save_logits)
+                                 save_logits=save_logits, logit_soft_cap=logit_softcap)
 
 
-def sequence_logps(model, seqs: Sequences, num_segments: int, *, chunk_size: int, mesh: Mesh | None = None,
-                   scored_only: bool = True) -> SequenceOutput:
-    """Summed log-probs and lengths per example `[N, K]`.
+def sequence_logps(model, seqs: Sequences, num_segments: int, *, chunk_size: int,
+                   mesh: Mesh | None = None) -> SequenceOutput:
+    """Summed log-probs and lengths per example `[N, K]` (and the layers' auxiliary loss).
 
     With a mesh whose `tensor` axis is larger than 1 the LM head runs vocab-parallel inside
     `shard_map` on every position; otherwise only on the scored positions (`scored_token_logps`,
-    `chunk_size` packed positions per chunk), or, with `scored_only=False`, on every position
-    chunked per row (`token_logprobs`, `[N, chunk_size, V]` logits per chunk; the previous default,
-    same values).
+    `chunk_size` packed positions per chunk).
     """
-    hidden = model.hidden_states(seqs.input_ids, seqs.positions, seqs.segment_ids)
+    hidden, aux = model.hidden_states(seqs.input_ids, seqs.positions, seqs.segment_ids, with_aux=True)
     head = model.lm_head_weight()
     targets = seqs.input_ids[:, 1:]
     mask, seg = seqs.loss_mask[:, 1:], seqs.segment_ids[:, 1:]
     if mesh is not None and mesh.shape.get("tensor", 1) > 1:
-        tok = sharded_token_logprobs(hidden[:, :-1], head, targets, mesh, chunk_size=chunk_size)
-    elif scored_only:
-        tok = scored_token_logps(hidden[:, :-1], head, targets, mask, chunk_size=chunk_size, mesh=mesh)
+        tok = sharded_token_logprobs(hidden[:, :-1], head, targets, mesh, chunk_size=chunk_size,
+                                     logit_soft_cap=model.logit_softcap)
     else:
-        tok = token_logprobs(hidden[:, :-1], head, targets, chunk_size=chunk_size)
+        tok = scored_token_logps(hidden[:, :-1], head, targets, mask, chunk_size=chunk_size, mesh=mesh,
+                                 logit_softcap=model.logit_softcap)
     logps = segment_logprobs(tok, mask, seg, num_segments)
     lengths = segment_logprobs(jnp.ones_like(tok), mask, seg, num_segments)
-    return SequenceOutput(logps, lengths, hidden)
+    return SequenceOutput(logps, lengths, hidden, aux)
 
 
 def split_pairs(x: jax.Array) -> tuple[jax.Array, jax.Array]:

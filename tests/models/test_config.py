@@ -27,9 +27,24 @@ def test_unsupported_architecture_lists_supported():
         ModelConfig.from_hf_dict({**BASE, "architectures": ["GPT2LMHeadModel"]})
 
 
-def test_sliding_window_is_refused():
-    with pytest.raises(ConfigError, match="sliding_window=4096 is not supported"):
-        ModelConfig.from_hf_dict({**BASE, "architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": 4096})
+def test_mistral_sliding_window_covers_every_layer_and_round_trips():
+    config = ModelConfig.from_hf_dict({**BASE, "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+                                       "sliding_window": 4096})
+    assert config.layer_kinds == ("sliding_attention",) * 2 and config.window("sliding_attention") == 4096
+    assert ModelConfig.from_hf_dict(config.to_hf_dict()) == config
+
+
+def test_qwen2_slides_from_max_window_layers_on():
+    config = ModelConfig.from_hf_dict({**BASE, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+                                       "num_hidden_layers": 3, "use_sliding_window": True, "sliding_window": 8,
+                                       "max_window_layers": 1})
+    assert config.layer_kinds == ("full_attention", "sliding_attention", "sliding_attention")
+    assert ModelConfig.from_hf_dict(config.to_hf_dict()) == config
+
+
+def test_llama_with_a_sliding_window_is_refused():
+    with pytest.raises(ConfigError, match="sliding_window=16 is not a Llama option"):
+        ModelConfig.from_hf_dict({**BASE, "sliding_window": 16})
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -202,26 +202,33 @@ def _packed_batch(n=4, t=12, seed=0):
 
 
 @pytest.mark.parametrize("chunk_size", [5, 256])
-def test_sequence_logps_scored_only_equals_all_positions(chunk_size):
+def test_sequence_logps_equals_full_logits(chunk_size):
+    """The scored-positions head gives the values and gradients of a log-softmax over full logits."""
     from jaxalign.models import ModelConfig, init_model
+    from jaxalign.ops import segment_logprobs
     from jaxalign.train.forward import Sequences, sequence_logps
 
     model = init_model(ModelConfig.from_hf_dict(TINY), seed=0)
     graphdef, params = nnx.split(model)
     seqs = Sequences(*map(jnp.asarray, _packed_batch()))
+    weights = jnp.array([1.0, -0.5])
 
-    @functools.partial(jax.jit, static_argnames="scored_only")
-    def run(params, scored_only):
-        def f(params):
-            out = sequence_logps(nnx.merge(graphdef, params), seqs, 2, chunk_size=chunk_size, scored_only=scored_only)
-            return jnp.sum(out.logps * jnp.array([1.0, -0.5])), (out.logps, out.lengths)
+    def scored(params):
+        out = sequence_logps(nnx.merge(graphdef, params), seqs, 2, chunk_size=chunk_size)
+        return jnp.sum(out.logps * weights), (out.logps, out.lengths)
 
-        return jax.value_and_grad(f, has_aux=True)(params)
+    def dense(params):
+        logits = nnx.merge(graphdef, params)(seqs.input_ids, seqs.positions, seqs.segment_ids)[:, :-1]
+        tok = jnp.take_along_axis(jax.nn.log_softmax(logits), seqs.input_ids[:, 1:, None], axis=-1)[..., 0]
+        logps = segment_logprobs(tok, seqs.loss_mask[:, 1:], seqs.segment_ids[:, 1:], 2)
+        return jnp.sum(logps * weights), (logps, None)
 
-    (_, (logps, lengths)), grads = run(params, True)
-    (_, (want_logps, want_lengths)), want_grads = run(params, False)
+    (_, (logps, lengths)), grads = jax.jit(jax.value_and_grad(scored, has_aux=True))(params)
+    (_, (want_logps, _)), want_grads = jax.jit(jax.value_and_grad(dense, has_aux=True))(params)
     np.testing.assert_allclose(logps, want_logps, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(lengths, want_lengths)
+    loss = np.asarray(seqs.loss_mask)[:, 1:]
+    seg = np.asarray(seqs.segment_ids)[:, 1:]
+    np.testing.assert_array_equal(lengths, [[np.sum(loss[r] * (seg[r] == s)) for s in (1, 2)] for r in range(len(seg))])
     assert np.all(np.asarray(logps)[0] == 0.0)
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

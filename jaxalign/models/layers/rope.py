@@ -1,24 +1,27 @@
-"""Rotary position embeddings (HF "rotate half" layout) with default, linear and Llama-3 scaling."""
+"""Rotary position embeddings (HF "rotate half" layout): default, linear and Llama-3 frequency scaling.
+
+A family asks for one frequency table per kind of layer (Gemma 3's local and global layers use
+different bases), the decoder turns each into cos/sin once per forward pass.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.models.config import ModelConfig
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
-def inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """Per-pair rotation frequencies `[head_dim // 2]` float32, scaled as the config says."""
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> np.ndarray:
+    """Per-pair rotation frequencies `[head_dim // 2]` float32 for base `theta`, scaled as `scaling` says."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
     inv_freq = inv_freq.astype(np.float32)
-    scaling = config.rope_scaling_dict
-    if not scaling:
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "default":
         return inv_freq
-    kind = scaling["rope_type"]
     if kind == "linear":
         return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
     if kind == "llama3":
@@ -32,7 +35,7 @@ def inverse_frequencies(config: ModelConfig) -> np.ndarray:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return np.where(medium, smoothed, scaled).astype(np.float32)
-    raise ValueError(f"rope_type {kind!r} is not supported")
+    raise ValueError(f"rope_type {kind!r} is not one of {', '.join(ROPE_TYPES)}")
 
 
 def rope_cos_sin(positions: jnp.ndarray, inv_freq: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

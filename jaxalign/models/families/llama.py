@@ -1,0 +1,115 @@
+"""Llama 2/3, Mistral (with or without a sliding window), Qwen2/2.5 and SmolLM2.
+
+Pre-norm layers: RMSNorm -> grouped-query attention (RoPE: default, linear or llama3 scaling) ->
+residual -> RMSNorm -> SwiGLU MLP -> residual. The three HF families differ only in config.json:
+Qwen2 always biases q/k/v; Llama may bias q/k/v/o together (`attention_bias`) and the MLP
+(`mlp_bias`); Mistral slides a window over every layer; Qwen2 over the layers from
+`max_window_layers` on, when `use_sliding_window` is set.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+
+from jaxalign.models.checkpoint_names import layer_rules
+from jaxalign.models.config import ConfigError, ModelConfig, check_activation, common_from_hf, layer_types_from_hf
+from jaxalign.models.families import Family, GGUFSpec, register_family
+from jaxalign.models.layers.attention import attention_params, self_attention
+from jaxalign.models.layers.mlp import gated_mlp, mlp_params
+from jaxalign.models.layers.norms import rms_norm
+from jaxalign.models.layers.params import VECTOR, ParamSpec
+
+HF_NAMES = {
+    "attn_norm": "input_layernorm.weight",
+    "q_proj": "self_attn.q_proj.weight", "k_proj": "self_attn.k_proj.weight",
+    "v_proj": "self_attn.v_proj.weight", "o_proj": "self_attn.o_proj.weight",
+    "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
+    "v_bias": "self_attn.v_proj.bias", "o_bias": "self_attn.o_proj.bias",
+    "mlp_norm": "post_attention_layernorm.weight",
+    "gate_proj": "mlp.gate_proj.weight", "up_proj": "mlp.up_proj.weight", "down_proj": "mlp.down_proj.weight",
+    "gate_bias": "mlp.gate_proj.bias", "up_bias": "mlp.up_proj.bias", "down_bias": "mlp.down_proj.bias",
+}
+
+
+def layer_params(c: ModelConfig) -> dict[str, ParamSpec]:
+    return {
+        "attn_norm": ParamSpec((c.hidden_size,), VECTOR, "ones"),
+        **attention_params(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, qkv_bias=c.qkv_bias, o_bias=c.o_bias),
+        "mlp_norm": ParamSpec((c.hidden_size,), VECTOR, "ones"),
+        **mlp_params(c.hidden_size, c.intermediate_size, bias=c.mlp_bias),
+    }
+
+
+def layer(c: ModelConfig, kind: str, p, x, ctx, cache=None, cache_index=None):
+    h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
+    a, kv = self_attention(p, h, ctx, heads=c.num_heads, kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+                           sliding_window=c.window(kind), cache=cache, cache_index=cache_index)
+    x = x + a
+    x = x + gated_mlp(p, rms_norm(x, p["mlp_norm"], c.rms_norm_eps), ctx, "silu")
+    return x, kv, jnp.zeros((), jnp.float32)
+
+
+def _from_hf(model_type: str, hf: dict, source: str) -> ModelConfig:
+    check_activation(hf, source, ("silu",))
+    common = common_from_hf(hf, source, model_type)
+    L = common["num_layers"]
+    window = hf.get("sliding_window")
+    if model_type == "qwen2":
+        types = None
+        if hf.get("use_sliding_window") and window:
+            first = int(hf.get("max_window_layers", L))
+            default = tuple("sliding_attention" if i >= first else "full_attention" for i in range(L))
+            types = layer_types_from_hf(hf, L, window, source, default)
+        return ModelConfig(**common, qkv_bias=True, sliding_window=window if types else None, layer_types=types)
+    if model_type == "llama" and window:
+        raise ConfigError(f"{source}: sliding_window={window} is not a Llama option; use MistralForCausalLM")
+    types = ("sliding_attention",) * L if window else None
+    bias = bool(hf.get("attention_bias", False))
+    return ModelConfig(**common, qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
+                       sliding_window=window, layer_types=types)
+
+
+def _to_hf(c: ModelConfig) -> dict:
+    out = {"hidden_act": "silu"}
+    if c.model_type == "qwen2":
+        if c.o_bias or c.mlp_bias:
+            raise ConfigError("qwen2 has no o_proj/mlp bias option")
+        if c.layer_types:
+            out.update(use_sliding_window=True, sliding_window=c.sliding_window, layer_types=list(c.layer_types),
+                       max_window_layers=c.layer_types.index("sliding_attention"))
+        else:
+            out.update(use_sliding_window=False, sliding_window=None)
+        return out
+    if c.qkv_bias != c.o_bias:
+        raise ConfigError(f"{c.model_type} biases q, k, v and o together (attention_bias)")
+    out.update(attention_bias=c.qkv_bias, mlp_bias=c.mlp_bias)
+    if c.model_type == "mistral":
+        if c.layer_types and set(c.layer_types) != {"sliding_attention"}:
+            raise ConfigError("mistral slides its window over every layer or none")
+        out["sliding_window"] = c.sliding_window
+    elif c.layer_types:
+        raise ConfigError("llama has no sliding-window layers")
+    return out
+
+
+def _family(model_type: str, prefix: str, gguf: GGUFSpec | None) -> Family:
+    return Family(
+        model_type=model_type,
+        causal_lm=f"{prefix}ForCausalLM",
+        sequence_classification=f"{prefix}ForSequenceClassification",
+        config_from_hf=functools.partial(_from_hf, model_type),
+        config_to_hf=_to_hf,
+        layer_params=layer_params,
+        layer=layer,
+        hf_layer_names=lambda c: layer_rules(c, HF_NAMES),
+        gguf=gguf,
+    )
+
+
+register_family(_family("llama", "Llama", GGUFSpec("llama", permute_qk=True, qkv_bias="optional",
+                                                   extra_config=(("mlp_bias", False), ("pretraining_tp", 1)))))
+register_family(_family("mistral", "Mistral", None))
+register_family(_family("qwen2", "Qwen2", GGUFSpec("qwen2", permute_qk=False, qkv_bias="always",
+                                                   extra_config=(("use_sliding_window", False), ("sliding_window", None)))))
