@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from jaxalign.config.presets import MODEL_PRESETS
 from jaxalign.data.config import FORMATS, TASKS, TRUNCATIONS, DataConfig
 from jaxalign.data.errors import DataError
+from jaxalign.models.decoder import LAYER_LOOPS
+from jaxalign.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 
 __all__ = [
     "CHOICES",
@@ -79,6 +81,12 @@ class ModelSpec:
 
     remat: str = "none"
     """Rematerialisation of each decoder layer in the backward pass: none | full | dots | save_all."""
+
+    attention: str = "auto"
+    """Attention implementation (``jaxalign.ops.attention``): auto picks the backend's fastest."""
+
+    layer_loop: str = "scan"
+    """Layers under one ``lax.scan`` (compiles like one layer) or unrolled (longer compiles)."""
 
     def is_set(self) -> bool:
         """True when the spec names a model (a path or a preset)."""
@@ -551,7 +559,8 @@ STAGES = ("prune", "train", "generate", "score", "eval")
 JUDGE_KINDS = ("reward_model", "difference_model")
 PRUNE_STRATEGIES = ("uniform", "last")
 
-_MODEL_CHOICES = {"dtype": MODEL_DTYPES, "param_dtype": MODEL_DTYPES, "remat": REMAT_POLICIES}
+_MODEL_CHOICES = {"dtype": MODEL_DTYPES, "param_dtype": MODEL_DTYPES, "remat": REMAT_POLICIES,
+                  "attention": ATTENTION_IMPLEMENTATIONS, "layer_loop": LAYER_LOOPS}
 
 #: class -> {field: allowed values}; every fixed-choice ``str`` field of the schema.
 CHOICES: Dict[type, Dict[str, Tuple[str, ...]]] = {

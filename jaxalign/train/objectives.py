@@ -79,7 +79,7 @@ def _slots(batch: dict) -> jax.Array:
 
 def _frozen(model, seqs: Sequences, k: int, ctx: ObjectiveContext) -> SequenceOutput:
     out = sequence_logps(model, seqs, k, chunk_size=ctx.chunk_size, mesh=ctx.mesh)
-    return SequenceOutput(*(jax.lax.stop_gradient(x) for x in (out.logps, out.lengths, out.hidden)))
+    return SequenceOutput(*(jax.lax.stop_gradient(x) for x in (out.logps, out.lengths, out.hidden, out.aux_loss)))
 
 
 def _pair_logps(models_attr, batch, both, k, ctx, column: str):
