@@ -22,6 +22,7 @@ def kto_loss(
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
     weights: jax.Array | None = None,
+    kl_estimate: jax.Array | float | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """KTO loss over a batch mixing desirable and undesirable examples.
 
@@ -41,6 +42,9 @@ def kto_loss(
       beta: β > 0. desirable_weight, undesirable_weight: λ_D, λ_U ≥ 0.
       weights: optional ``[batch]`` per-example weights (RDO-KTO: each
         example takes its pair's weight).
+      kl_estimate: z₀ itself (instead of ``policy_kl_logps`` / ``ref_kl_logps``):
+        gradient accumulation estimates it once over the whole batch, so every
+        micro-batch uses the full batch's z₀. Clamped at 0 and stop-gradiented.
 
     Returns:
       ``(loss, metrics)``: ``rewards/chosen`` / ``rewards/rejected`` are means
@@ -60,7 +64,11 @@ def kto_loss(
     if (policy_kl_logps is None) != (ref_kl_logps is None):
         missing = "policy_kl_logps" if policy_kl_logps is None else "ref_kl_logps"
         raise ValueError(f"{missing} is missing: pass both policy_kl_logps and ref_kl_logps, or neither (z0 = 0)")
-    if policy_kl_logps is None:
+    if kl_estimate is not None:
+        if policy_kl_logps is not None:
+            raise ValueError("pass kl_estimate or policy_kl_logps/ref_kl_logps, not both")
+        z0 = jax.lax.stop_gradient(jnp.maximum(jnp.asarray(kl_estimate, jnp.float32), 0.0))
+    elif policy_kl_logps is None:
         z0 = jnp.zeros((), jnp.float32)
     else:
         pkl, rkl = batch_args("policy_kl_logps", policy_kl_logps, ref_kl_logps=ref_kl_logps)

@@ -12,6 +12,7 @@ from jaxalign.losses._common import (
     length_normalise,
     masked_mean,
     reward_metrics,
+    safe_div,
     weighted_mean,
 )
 
@@ -27,6 +28,7 @@ def rrhf_loss(
     nll_weight: float = 1.0,
     weights: jax.Array | None = None,
     example_mask: jax.Array | None = None,
+    num_examples: jax.Array | float | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """RRHF loss: length-normalised ranking hinge plus NLL of the chosen (best) response.
 
@@ -40,6 +42,10 @@ def rrhf_loss(
       policy_chosen_logps, policy_rejected_logps: ``[batch]`` summed log-probs.
       chosen_lengths, rejected_lengths: ``[batch]`` response token counts.
       nll_weight: ≥ 0. weights: optional ``[batch]``.
+      example_mask: optional ``[batch]``, 0 for the empty slots of packed rows.
+      num_examples: the NLL mean's denominator (default: the real examples of
+        this batch). Gradient accumulation passes the whole batch's count
+        divided by the number of micro-batches (see ``sft_loss``).
 
     Returns:
       ``(loss, metrics)``: ``rewards/*`` use the length-normalised log-probs
@@ -58,7 +64,11 @@ def rrhf_loss(
     p_w = length_normalise(pc, cl)
     p_l = length_normalise(pr, rl)
     ranking = weighted_mean(jax.nn.relu(p_l - p_w), w)
-    nll = -masked_mean(p_w, example_mask)
+    if num_examples is None:
+        nll = -masked_mean(p_w, example_mask)
+    else:
+        real = jnp.ones_like(p_w) if example_mask is None else jnp.asarray(example_mask).astype(jnp.float32)
+        nll = -safe_div(jnp.sum(jnp.where(real > 0, p_w, 0.0) * real), jnp.asarray(num_examples, jnp.float32))
     loss = ranking + nll_weight * nll
     sg = jax.lax.stop_gradient
     metrics = reward_metrics(sg(p_w), sg(p_l), sg(pc), sg(pr), example_mask)

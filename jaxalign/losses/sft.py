@@ -18,6 +18,7 @@ def sft_loss(
     *,
     normalization: str = "token",
     weights: jax.Array | None = None,
+    num_tokens: jax.Array | float | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """Token-mean NLL of a batch of responses.
 
@@ -31,6 +32,10 @@ def sft_loss(
           counts equally.
         Empty responses / batches contribute 0, never NaN.
       weights: optional ``[batch]`` per-example weights.
+      num_tokens: the ``"token"`` denominator (default ``Σ_i len_i``). Gradient
+        accumulation passes the whole batch's count (divided by the number of
+        micro-batches), so the mean of the micro-batch losses is the full
+        batch's loss even when micro-batches hold different token counts.
 
     Returns:
       ``(loss, metrics)`` with ``loss/nll`` (the loss), ``logps/chosen``
@@ -41,7 +46,8 @@ def sft_loss(
     lp, ln, w = batch_args("logps", logps, lengths=lengths, weights=weights)
     weighted = lp if w is None else w * lp
     if normalization == "token":
-        loss = -safe_div(jnp.sum(weighted), jnp.sum(ln))
+        denominator = jnp.sum(ln) if num_tokens is None else jnp.asarray(num_tokens, jnp.float32)
+        loss = -safe_div(jnp.sum(weighted), denominator)
     else:
         loss = -jnp.mean(length_normalise(weighted, ln))
     sg = jax.lax.stop_gradient

@@ -28,6 +28,7 @@ from jaxalign.losses import (
     rrhf_loss,
     sft_loss,
 )
+from jaxalign.losses._common import safe_div
 from jaxalign.ops import token_distill_loss
 from jaxalign.train.forward import Sequences, SequenceOutput, sequence_logps, split_pairs
 
@@ -50,7 +51,7 @@ class ObjectiveContext:
         return self.loss.chunk_size
 
 
-Objective = Callable[[Models, dict, ObjectiveContext], tuple[jax.Array, dict]]
+Objective = Callable[..., tuple[jax.Array, dict]]  # (models, batch, ctx, totals=None) -> (loss, metrics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +65,53 @@ class ObjectiveSpec:
 
 
 # ------------------------------------------------------------------ helpers
-def example_weights(batch: dict, ctx: ObjectiveContext) -> jax.Array:
+Totals = dict[str, jax.Array]
+
+
+def _scored_tokens(batch: dict, *prefixes: str) -> jax.Array:
+    """Scored target positions (`loss_mask[:, 1:]`) of the sequences under `prefixes`."""
+    return sum(jnp.sum(batch[f"{p}loss_mask"][:, 1:].astype(jnp.float32)) for p in prefixes)
+
+
+KD_SIDES = {"chosen": ("chosen_",), "rejected": ("rejected_",), "both": ("chosen_", "rejected_")}
+
+
+def batch_totals(models: Models, batch: dict, ctx: ObjectiveContext) -> Totals:
+    """The additive counts (and sums) that normalise an objective's loss, for one (micro-)batch.
+
+    `examples` (real examples), `tokens` (scored tokens of `sft`/`kto` rows), `chosen_tokens`,
+    `kd_tokens` (scored tokens of the KD rows) and, for KTO with a reference model, `kl_sum`
+    (Σ over real examples of `logp_θ − logp_ref` on the mismatched `kl_` rows; the policy runs
+    without gradients). The train step sums them over all micro-batches and divides by their
+    number, so each micro-batch is normalised by the whole batch's counts and the mean of the
+    micro-batch losses (and gradients) is exactly the full batch's.
+    """
+    mask = batch["example_mask"].astype(jnp.float32)
+    totals = {"examples": jnp.sum(mask)}
+    if "loss_mask" in batch:
+        totals["tokens"] = _scored_tokens(batch, "")
+    if "chosen_loss_mask" in batch:
+        totals["chosen_tokens"] = _scored_tokens(batch, "chosen_")
+        totals["kd_tokens"] = _scored_tokens(batch, *KD_SIDES[ctx.loss.kd_on])
+    if "kl_input_ids" in batch and models.reference is not None:
+        kl = Sequences.from_batch(batch, "kl_")
+        policy = _frozen(models.policy, kl, 1, ctx).logps.reshape(-1)
+        reference = _frozen(models.reference, kl, 1, ctx).logps.reshape(-1)
+        totals["kl_sum"] = jnp.sum(mask.reshape(-1) * (policy - reference))
+    return totals
+
+
+def _totals(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None) -> Totals:
+    return batch_totals(models, batch, ctx) if totals is None else totals
+
+
+def example_weights(batch: dict, ctx: ObjectiveContext, totals: Totals) -> jax.Array:
     """Flat `[B*K]` weights: RDO weight (if enabled) on real examples, 0 on empty slots,
-    rescaled by N/count so `mean(w * l)` averages over real examples only."""
+    rescaled by N/`totals["examples"]` so `mean(w * l)` averages over the real examples of the
+    whole batch (all micro-batches), not of this micro-batch."""
     mask = batch["example_mask"].reshape(-1).astype(jnp.float32)
     w = mask * batch["rdo_weight"].reshape(-1).astype(jnp.float32) if ctx.use_rdo_weights else mask
-    return w * (mask.size / jnp.maximum(mask.sum(), 1.0))
+    return w * safe_div(jnp.float32(mask.size), totals["examples"])
 
 
 def _slots(batch: dict) -> jax.Array:
@@ -99,8 +141,10 @@ def _preference_forward(models: Models, batch: dict, ctx: ObjectiveContext):
     return both, k, policy
 
 
-def _with_extra_terms(loss, metrics, models: Models, both: Sequences, policy: SequenceOutput, teacher_out, ctx):
-    """Add the optional token-level KD and chosen-NLL terms (`composite_loss`)."""
+def _with_extra_terms(loss, metrics, models: Models, batch: dict, both: Sequences, policy: SequenceOutput,
+                      teacher_out, ctx, totals: Totals):
+    """Add the optional token-level KD and chosen-NLL terms (`composite_loss`), each a token mean
+    over the whole batch (`totals`), not over this micro-batch."""
     cfg = ctx.loss
     if cfg.kd_weight == 0 and cfg.nll_weight == 0:
         return loss, metrics
@@ -116,76 +160,88 @@ def _with_extra_terms(loss, metrics, models: Models, both: Sequences, policy: Se
             divergence=cfg.kd_divergence, temperature=cfg.kd_temperature, jsd_lambda=cfg.kd_jsd_lambda,
             top_k=cfg.kd_top_k or None, chunk_size=ctx.chunk_size,
         )
+        # token_distill_loss is this batch's token mean: rescale it to the whole batch's count
+        kd = kd * safe_div(_scored_tokens(batch, *KD_SIDES[cfg.kd_on]), totals["kd_tokens"])
     if cfg.nll_weight > 0:
         chosen_logps, _ = split_pairs(policy.logps)
         chosen_lengths, _ = split_pairs(policy.lengths)
-        nll, _ = sft_loss(chosen_logps, chosen_lengths)
+        nll, _ = sft_loss(chosen_logps, chosen_lengths, num_tokens=totals["chosen_tokens"])
     return composite_loss(loss, metrics, kd_loss=kd, kd_weight=cfg.kd_weight, nll_loss=nll, nll_weight=cfg.nll_weight)
 
 
 # --------------------------------------------------------------- objectives
-def dpo_objective(models: Models, batch: dict, ctx: ObjectiveContext):
+# Each takes optional `totals` (`batch_totals` of the whole batch, per micro-batch); without them
+# the batch normalises itself.
+def dpo_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
+    totals = _totals(models, batch, ctx, totals)
     both, k, policy = _preference_forward(models, batch, ctx)
     pc, pr = split_pairs(policy.logps)
     lc, lr = split_pairs(policy.lengths)
     rc, rr, _ = _pair_logps(models.reference, batch, both, k, ctx, "ref")
     cfg = ctx.loss
     loss, metrics = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
-                             weights=example_weights(batch, ctx), example_mask=_slots(batch), chosen_lengths=lc,
+                             weights=example_weights(batch, ctx, totals), example_mask=_slots(batch), chosen_lengths=lc,
                              rejected_lengths=lr)
-    return _with_extra_terms(loss, metrics, models, both, policy, None, ctx)
+    return _with_extra_terms(loss, metrics, models, batch, both, policy, None, ctx, totals)
 
 
-def dadpo_objective(models: Models, batch: dict, ctx: ObjectiveContext):
+def dadpo_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
+    totals = _totals(models, batch, ctx, totals)
     both, k, policy = _preference_forward(models, batch, ctx)
     pc, pr = split_pairs(policy.logps)
     rc, rr, _ = _pair_logps(models.reference, batch, both, k, ctx, "ref")
     tc, tr, teacher_out = _pair_logps(models.teacher, batch, both, k, ctx, "teacher")
     cfg = ctx.loss
     loss, metrics = dadpo_loss(pc, pr, rc, rr, tc, tr, beta_ref=cfg.beta_ref, beta_teacher=cfg.beta_teacher,
-                               weights=example_weights(batch, ctx), example_mask=_slots(batch))
-    return _with_extra_terms(loss, metrics, models, both, policy, teacher_out, ctx)
+                               weights=example_weights(batch, ctx, totals), example_mask=_slots(batch))
+    return _with_extra_terms(loss, metrics, models, batch, both, policy, teacher_out, ctx, totals)
 
 
-def rrhf_objective(models: Models, batch: dict, ctx: ObjectiveContext):
+def rrhf_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
+    totals = _totals(models, batch, ctx, totals)
     both, k, policy = _preference_forward(models, batch, ctx)
     pc, pr = split_pairs(policy.logps)
     lc, lr = split_pairs(policy.lengths)
-    return rrhf_loss(pc, pr, lc, lr, nll_weight=ctx.loss.rrhf_nll_weight, weights=example_weights(batch, ctx),
-                     example_mask=_slots(batch))
+    return rrhf_loss(pc, pr, lc, lr, nll_weight=ctx.loss.rrhf_nll_weight, weights=example_weights(batch, ctx, totals),
+                     example_mask=_slots(batch), num_examples=totals["examples"])
 
 
-def sft_objective(models: Models, batch: dict, ctx: ObjectiveContext):
+def sft_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
+    totals = _totals(models, batch, ctx, totals)
     seqs = Sequences.from_batch(batch)
     out = sequence_logps(models.policy, seqs, batch["example_mask"].shape[1], chunk_size=ctx.chunk_size, mesh=ctx.mesh)
     mask = batch["example_mask"].reshape(-1).astype(jnp.float32)
-    return sft_loss(out.logps.reshape(-1), out.lengths.reshape(-1) * mask, weights=mask)
+    return sft_loss(out.logps.reshape(-1), out.lengths.reshape(-1) * mask, weights=mask, num_tokens=totals["tokens"])
 
 
-def kto_objective(models: Models, batch: dict, ctx: ObjectiveContext):
-    main, kl = Sequences.from_batch(batch), Sequences.from_batch(batch, "kl_")
-    both = Sequences.concat(main, kl)
-    policy = sequence_logps(models.policy, both, 1, chunk_size=ctx.chunk_size, mesh=ctx.mesh)
-    p_main, p_kl = split_pairs(policy.logps)
+def kto_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
+    """KTO on the main rows; z₀ comes from `totals["kl_sum"]` (the `kl_` rows, `batch_totals`),
+    0 when the reference log-probs are cached and no reference model is loaded."""
+    totals = _totals(models, batch, ctx, totals)
+    main = Sequences.from_batch(batch)
+    p_main = sequence_logps(models.policy, main, 1, chunk_size=ctx.chunk_size, mesh=ctx.mesh).logps.reshape(-1)
     if "ref_logps" in batch and models.reference is None:
-        r_main, r_kl = batch["ref_logps"].reshape(-1), None
-        p_kl = None  # no reference model for the mismatched pairs: z0 = 0
+        r_main = batch["ref_logps"].reshape(-1)
     else:
-        r_main, r_kl = split_pairs(_frozen(models.reference, both, 1, ctx).logps)
+        r_main = _frozen(models.reference, main, 1, ctx).logps.reshape(-1)
+    z0 = safe_div(totals["kl_sum"], totals["examples"]) if "kl_sum" in totals else 0.0
     cfg = ctx.loss
-    return kto_loss(p_main, r_main, batch["label"].reshape(-1).astype(bool), p_kl, r_kl, beta=cfg.beta,
+    return kto_loss(p_main, r_main, batch["label"].reshape(-1).astype(bool), beta=cfg.beta,
                     desirable_weight=cfg.kto_desirable_weight, undesirable_weight=cfg.kto_undesirable_weight,
-                    weights=example_weights(batch, ctx))
+                    weights=example_weights(batch, ctx, totals), kl_estimate=z0)
 
 
-def reward_model_objective(models: Models, batch: dict, ctx: ObjectiveContext):
+def reward_model_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
+    totals = _totals(models, batch, ctx, totals)
     both = Sequences.concat(Sequences.from_batch(batch, "chosen_"), Sequences.from_batch(batch, "rejected_"))
     scores = models.policy(both.input_ids, both.positions, both.segment_ids)
     half = scores.shape[0] // 2
-    return bradley_terry_loss(scores[:half], scores[half:], weights=example_weights(batch, ctx), example_mask=_slots(batch))
+    return bradley_terry_loss(scores[:half], scores[half:], weights=example_weights(batch, ctx, totals),
+                              example_mask=_slots(batch))
 
 
-def difference_model_objective(models: Models, batch: dict, ctx: ObjectiveContext):
+def difference_model_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
+    totals = _totals(models, batch, ctx, totals)
     ids = jnp.concatenate([batch["fwd_input_ids"], batch["bwd_input_ids"]])
     pos = jnp.concatenate([batch["fwd_positions"], batch["bwd_positions"]])
     seg = jnp.concatenate([batch["fwd_segment_ids"], batch["bwd_segment_ids"]])
@@ -194,7 +250,7 @@ def difference_model_objective(models: Models, batch: dict, ctx: ObjectiveContex
     half = d.shape[0] // 2
     labels = batch.get("label") if ctx.loss.difference_label_type != "binary" else None
     return difference_model_loss(d[:half], d[half:], labels=labels, label_type=ctx.loss.difference_label_type,
-                                 weights=example_weights(batch, ctx))
+                                 weights=example_weights(batch, ctx, totals))
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {

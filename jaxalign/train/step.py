@@ -3,7 +3,11 @@
 State is a plain dict `{"step", "params", "opt_state", "rng"}` (checkpointable
 as is); frozen models are a separate argument that is never donated. One step =
 one optimizer update; with `grad_accum_steps > 1` the batch is split into
-micro-batches whose gradients are summed under `lax.scan`.
+micro-batches whose gradients are averaged under `lax.scan`. Every micro-batch
+is normalised by the whole batch's counts (`batch_totals`: real examples,
+scored tokens, KTO's KL estimate), so the accumulated gradient equals the full
+batch's even when packing leaves micro-batches with different example or token
+counts.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxalign.train.objectives import Models, ObjectiveContext, ObjectiveSpec
+from jaxalign.train.objectives import Models, ObjectiveContext, ObjectiveSpec, batch_totals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,21 +41,77 @@ def merge_models(graphdefs: GraphDefs, params, frozen: dict) -> Models:
     )
 
 
-def make_loss_fn(spec: ObjectiveSpec, ctx: ObjectiveContext, graphdefs: GraphDefs):
-    """`(params, frozen, batch) -> (loss, metrics)` for the objective."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class LossFn:
+    """`(params, frozen, batch, totals=None) -> (loss, metrics)` for one objective.
 
-    def loss_fn(params, frozen, batch):
-        loss, metrics = spec.fn(merge_models(graphdefs, params, frozen), batch, ctx)
+    `totals(params, frozen, batch)` gives the batch's normalising counts (`batch_totals`);
+    without `totals` the loss normalises by its own batch's. `frozen_leaves` (bool per
+    parameter, or None) cuts frozen parameters from the backward pass.
+    """
+
+    spec: ObjectiveSpec
+    ctx: ObjectiveContext
+    graphdefs: GraphDefs
+    frozen_leaves: Any = None
+
+    def __call__(self, params, frozen, batch, totals=None):
+        if self.frozen_leaves is not None:
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, self.frozen_leaves)
+        loss, metrics = self.spec.fn(merge_models(self.graphdefs, params, frozen), batch, self.ctx, totals)
         return loss, {**metrics, "loss": loss}
 
-    return loss_fn
+    def totals(self, params, frozen, batch):
+        return jax.lax.stop_gradient(batch_totals(merge_models(self.graphdefs, params, frozen), batch, self.ctx))
+
+
+def make_loss_fn(spec: ObjectiveSpec, ctx: ObjectiveContext, graphdefs: GraphDefs) -> LossFn:
+    """The objective as a `LossFn` of `(params, frozen, batch)`."""
+    return LossFn(spec, ctx, graphdefs)
 
 
 def _split_micro(batch: dict, n: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
 
 
-def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, *, grad_accum_steps: int = 1,
+def micro_totals(loss_fn: LossFn, params, frozen, micro: dict, n: int):
+    """`batch_totals` of the whole batch divided by `n`: what each of `n` micro-batches
+    (`micro`, leading axis `n`) normalises by, so that their mean is the full batch's loss."""
+    def body(acc, mb):
+        return jax.tree.map(jnp.add, acc, loss_fn.totals(params, frozen, mb)), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(loss_fn.totals, params, frozen, first))
+    summed, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda x: x / n, summed)
+
+
+def accumulated_grads(loss_fn: LossFn, params, frozen, batch: dict, grad_accum_steps: int = 1):
+    """`(metrics, grads)` of one batch, split into `grad_accum_steps` micro-batches (unjitted).
+
+    The gradient is the full batch's for every objective (see the module docstring); metrics
+    other than the loss are means of per-micro-batch values. The loss is differentiated with
+    respect to `params` only; `totals` are computed first, without gradients.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+        (_, metrics), grads = grad_fn(params, frozen, batch, loss_fn.totals(params, frozen, batch))
+        return metrics, grads
+    micro = _split_micro(batch, grad_accum_steps)
+    totals = micro_totals(loss_fn, params, frozen, micro, grad_accum_steps)
+    first = jax.tree.map(lambda x: x[0], micro)
+    (_, m_shape), g_shape = jax.eval_shape(grad_fn, params, frozen, first, totals)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (m_shape, g_shape))
+
+    def body(acc, mb):
+        (_, m), g = grad_fn(params, frozen, mb, totals)
+        return jax.tree.map(jnp.add, acc, (m, g)), None
+
+    (metrics, grads), _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda x: x / grad_accum_steps, (metrics, grads))
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule, *, grad_accum_steps: int = 1,
                     state_shardings=None, frozen_leaves=None):
     """Jitted `(state, frozen, batch) -> (state, metrics)`; `state` is donated.
 
@@ -61,30 +121,11 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, schedule, *, grad
     so the backward pass skips what only they need.
     """
     if frozen_leaves is not None:
-        inner = loss_fn
-
-        def loss_fn(params, frozen, batch):
-            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen_leaves)
-            return inner(params, frozen, batch)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        loss_fn = dataclasses.replace(loss_fn, frozen_leaves=frozen_leaves)
 
     def train_step(state, frozen, batch):
         params = state["params"]
-        if grad_accum_steps == 1:
-            (_, metrics), grads = grad_fn(params, frozen, batch)
-        else:
-            micro = _split_micro(batch, grad_accum_steps)
-            first = jax.tree.map(lambda x: x[0], micro)
-            (_, m_shape), g_shape = jax.eval_shape(grad_fn, params, frozen, first)
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (m_shape, g_shape))
-
-            def body(acc, mb):
-                (_, m), g = grad_fn(params, frozen, mb)
-                return jax.tree.map(jnp.add, acc, (m, g)), None
-
-            (metrics, grads), _ = jax.lax.scan(body, zeros, micro)
-            metrics, grads = jax.tree.map(lambda x: x / grad_accum_steps, (metrics, grads))
+        metrics, grads = accumulated_grads(loss_fn, params, frozen, batch, grad_accum_steps)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_state = {
             "step": state["step"] + 1,
