@@ -143,6 +143,7 @@ def token_distill_divergence(
     top_k: int | None = None,
     chunk_size: int = 256,
     logit_soft_cap: float | None = None,
+    teacher_logit_soft_cap: float | None | str = "same",
 ) -> jax.Array:
     """Per-token divergence ``[B, T]`` float32 between teacher and student next-token distributions.
 
@@ -152,8 +153,10 @@ def token_distill_divergence(
         teacher and student must share a tokenizer). Teacher inputs get no gradient.
       divergence, temperature, jsd_lambda, top_k: see the module docstring.
       chunk_size: sequence positions per chunk (need not divide T).
-      logit_soft_cap: optional soft cap applied to both models' logits.
+      logit_soft_cap: optional soft cap ``c * tanh(logits / c)`` of the student's logits (Gemma 2), and
+        of the teacher's unless ``teacher_logit_soft_cap`` (a cap or None) says otherwise.
     """
+    teacher_cap = logit_soft_cap if teacher_logit_soft_cap == "same" else teacher_logit_soft_cap
     _check_distill_inputs(student_hidden, student_head, teacher_hidden, teacher_head)
     _check_distill_options(divergence, temperature, jsd_lambda, top_k, student_head.shape[1])
     check_positive_int("chunk_size", chunk_size)
@@ -164,7 +167,7 @@ def token_distill_divergence(
     def body(hs, ht):
         return logits_divergence(
             compute_logits(hs, head_acc.astype(head_dtype), logit_soft_cap),
-            compute_logits(ht, teacher_head, logit_soft_cap),
+            compute_logits(ht, teacher_head, teacher_cap),
             divergence=divergence,
             temperature=temperature,
             jsd_lambda=jsd_lambda,
@@ -187,6 +190,7 @@ def token_distill_loss(
     top_k: int | None = None,
     chunk_size: int = 256,
     logit_soft_cap: float | None = None,
+    teacher_logit_soft_cap: float | None | str = "same",
 ) -> jax.Array:
     """Scalar token-level KD loss: masked mean over response tokens of ``token_distill_divergence``.
 
@@ -211,6 +215,7 @@ def token_distill_loss(
         top_k=top_k,
         chunk_size=chunk_size,
         logit_soft_cap=logit_soft_cap,
+        teacher_logit_soft_cap=teacher_logit_soft_cap,
     )
     maskf = jnp.asarray(mask).astype(jnp.float32)
     total = jnp.sum(jnp.where(maskf != 0, per_token * maskf, 0.0))

@@ -89,7 +89,8 @@ def make_token_kl(student_graphdef, teacher_graphdef, chunk_size: int):
         hs = student.hidden_states(seqs.input_ids, seqs.positions, seqs.segment_ids)[:, :-1]
         ht = teacher.hidden_states(seqs.input_ids, seqs.positions, seqs.segment_ids)[:, :-1]
         kl = token_distill_divergence(hs, student.lm_head_weight(), ht, teacher.lm_head_weight(),
-                                      divergence="forward_kl", chunk_size=chunk_size)
+                                      divergence="forward_kl", chunk_size=chunk_size,
+                                      logit_soft_cap=student.logit_softcap, teacher_logit_soft_cap=teacher.logit_softcap)
         mask = seqs.loss_mask[:, 1:].astype(jnp.float32)
         return jnp.sum(kl * mask, axis=1), jnp.sum(mask, axis=1)
 
