@@ -159,6 +159,7 @@ def _with_extra_terms(loss, metrics, models: Models, batch: dict, both: Sequence
             teacher_out.hidden[rows, :-1], models.teacher.lm_head_weight(), both.loss_mask[rows, 1:],
             divergence=cfg.kd_divergence, temperature=cfg.kd_temperature, jsd_lambda=cfg.kd_jsd_lambda,
             top_k=cfg.kd_top_k or None, chunk_size=ctx.chunk_size,
+            logit_soft_cap=models.policy.logit_softcap, teacher_logit_soft_cap=models.teacher.logit_softcap,
         )
         # token_distill_loss is this batch's token mean: rescale it to the whole batch's count
         kd = kd * safe_div(_scored_tokens(batch, *KD_SIDES[cfg.kd_on]), totals["kd_tokens"])
