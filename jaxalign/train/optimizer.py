@@ -9,6 +9,7 @@ import jax
 import optax
 
 from jaxalign.config.schema import OptimizerConfig
+from jaxalign.parallel.sharding import param_name
 
 
 def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -27,12 +28,6 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Sche
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
-
-
-def param_name(path) -> str:
-    """Dotted parameter name of a tree path, e.g. ``decoder.layers.q_proj`` or ``score``."""
-    names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
-    return ".".join(n for n in names if n not in ("", "value"))
 
 
 def freeze_labels(params, cfg: OptimizerConfig | None = None) -> object:
