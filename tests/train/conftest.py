@@ -37,12 +37,17 @@ def preference_data(tmp_path_factory):
     return write_jsonl(root / "train.jsonl", synthetic_preferences(64, 0)), write_jsonl(root / "eval.jsonl", synthetic_preferences(32, 1))
 
 
-@pytest.fixture
-def tiny_dpo_overrides(preference_data, byte_tokenizer_dir, tmp_path):
+def tiny_overrides(preference_data, tokenizer_dir, output_dir) -> list[str]:
+    """Overrides of configs/tiny_dpo.yaml for a quiet run on the synthetic preference set."""
     train, held_out = preference_data
     return [
-        f"data.path={train}", f"eval_data={held_out}", f"model.tokenizer={byte_tokenizer_dir}",
-        f"train.output_dir={tmp_path / 'run'}", "data.max_length=64", "data.max_prompt_length=32",
+        f"data.path={train}", f"eval_data={held_out}", f"model.tokenizer={tokenizer_dir}",
+        f"train.output_dir={output_dir}", "data.max_length=64", "data.max_prompt_length=32",
         "data.buckets=[64]", "logging.tensorboard=false", "logging.progress_bar=false", "logging.plot=false",
         "train.export_hf=false", "checkpoint.async_save=false",
     ]
+
+
+@pytest.fixture
+def tiny_dpo_overrides(preference_data, byte_tokenizer_dir, tmp_path):
+    return tiny_overrides(preference_data, byte_tokenizer_dir, tmp_path / "run")
