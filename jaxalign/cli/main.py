@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from jaxalign.cli import convert, evaluate, generate, pipeline, prune, score, train
+from jaxalign.cli import convert, evaluate, generate, pipeline, plan, prune, score, train
 
 COMMANDS = {
     "train": train,
@@ -16,6 +16,7 @@ COMMANDS = {
     "pipeline": pipeline,
     "convert": convert,
     "prune": prune,
+    "plan": plan,
 }
 
 
