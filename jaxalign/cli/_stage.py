@@ -24,3 +24,20 @@ def load_stage_config(args, stage: str):
 
     path, overrides = split_args(args)
     return load_config(path, overrides, stage=stage)
+
+
+def check_model_output(source, out_dir: str, *, overwrite: bool, flag: str = "out_dir") -> None:
+    """Before loading anything: refuse an output folder that is a file, that cannot be written, that is
+    not empty without --overwrite, or that is (or contains, or lies inside) the source it is made from."""
+    from pathlib import Path
+
+    from jaxalign.data.errors import DataError
+    from jaxalign.train.locks import check_writable
+
+    out = Path(out_dir).absolute().resolve()
+    check_writable(out, key=flag, directory=True)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{flag}={out_dir} exists and is not empty; pass --overwrite to replace it")
+    src = Path(source).absolute().resolve()
+    if out == src or src in out.parents or out in src.parents:
+        raise DataError(f"{flag}={out_dir} would replace its own source {source}; write to another folder")

@@ -19,6 +19,7 @@ def add_parser(p: argparse.ArgumentParser):
 
 
 def run(args) -> int:
+    from jaxalign.cli._stage import check_model_output
     from jaxalign.models.pretrained import load_pretrained, save_pretrained
     from jaxalign.models.resolve import resolve_model_path
 
@@ -26,9 +27,13 @@ def run(args) -> int:
     if source.suffix == ".gguf":
         from jaxalign.models.gguf_import import gguf_to_hf
 
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: GGUF file not found")
+        check_model_output(source, args.out_dir, overwrite=args.overwrite)
         gguf_to_hf(source, args.out_dir, dtype=args.dtype, overwrite=args.overwrite)
     else:
         folder = resolve_model_path(args.source)
+        check_model_output(folder, args.out_dir, overwrite=args.overwrite)
         model, tokenizer = load_pretrained(folder, dtype=args.dtype)
         save_pretrained(model, tokenizer, args.out_dir, max_shard_size=int(args.max_shard_size * 1024**3), overwrite=args.overwrite)
         source = folder

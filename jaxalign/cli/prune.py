@@ -17,12 +17,22 @@ def add_parser(p: argparse.ArgumentParser):
     p.add_argument("--overwrite", action="store_true")
 
 
-def run(args) -> int:
-    from jaxalign.models.resolve import resolve_model_path
-    from jaxalign.models.prune import prune_checkpoint
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers={text!r}: give comma-separated layer indices, e.g. 5,9,13") from None
 
-    drop = [int(x) for x in args.layers.split(",")] if args.layers else None
-    out, dropped = prune_checkpoint(resolve_model_path(args.source), args.out_dir, drop=drop, fraction=args.fraction,
+
+def run(args) -> int:
+    from jaxalign.cli._stage import check_model_output
+    from jaxalign.models.prune import prune_checkpoint
+    from jaxalign.models.resolve import resolve_model_path
+
+    drop = _layers(args.layers) if args.layers else None
+    source = resolve_model_path(args.source)
+    check_model_output(source, args.out_dir, overwrite=args.overwrite)
+    out, dropped = prune_checkpoint(source, args.out_dir, drop=drop, fraction=args.fraction,
                                     strategy=args.strategy, overwrite=args.overwrite)
     print(f"dropped layers {dropped}; wrote {out}")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import os
 import re
 import tempfile
@@ -21,6 +22,8 @@ from typing import Sequence
 import numpy as np
 
 from jaxalign.data.errors import DataError
+
+logger = logging.getLogger("jaxalign.data")
 
 __all__ = ["Source", "load_rows", "load_source", "scan_json_file", "BUILDERS"]
 
@@ -94,10 +97,17 @@ def load_source(
         return _load_local(files, split, name=source)
     if _looks_like_path(source):
         raise DataError(f"data.path: no such file or directory: {source}")
+    name, _, revision = source.partition("@")  # a hub id may pin a revision: org/name@<tag, branch or commit>
+    if "@" in source and not revision:
+        raise DataError(f"data.path: {source!r} has an empty revision after '@'")
     try:
-        dataset = datasets.load_dataset(source, split=split, data_files=list(data_files) if data_files else None)
+        dataset = datasets.load_dataset(name, split=split, data_files=list(data_files) if data_files else None,
+                                        revision=revision or None)
     except Exception as e:  # noqa: BLE001 - re-raised with the source named
-        raise DataError(f"data.path: could not load dataset {source!r} (split {split!r}): {e}") from e
+        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"data.path: could not load dataset {source!r} (split {split!r}): {message}") from e
+    if not revision:
+        logger.info("data.path: hub dataset %s loaded unpinned; pin it as %s@<commit> to make the run repeatable", name, name)
     return Source(dataset, f"{source}[{split}]")
 
 

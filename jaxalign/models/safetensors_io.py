@@ -38,12 +38,17 @@ def _check_file(path: Path) -> list[str]:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     data_size = size - 8 - header_len
     names = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        end = info["data_offsets"][1]
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and o >= 0 for o in offsets)):
+            raise CheckpointError(f"{path}: corrupt safetensors header (tensor {name!r} has no valid data_offsets)")
+        end = offsets[1]
         if end > data_size:
             raise CheckpointError(
                 f"{path}: truncated safetensors file: tensor {name!r} ends at byte {end} of the data "
@@ -51,6 +56,15 @@ def _check_file(path: Path) -> list[str]:
             )
         names.append(name)
     return names
+
+
+def _check_inside(folder: Path, name: str, index: Path) -> None:
+    """Refuse a shard name that leaves the model folder (absolute, ``..``, or a link pointing out of it)."""
+    root = folder.resolve()
+    target = (folder / name).resolve()
+    if Path(name).is_absolute() or ".." in Path(name).parts or root not in target.parents:
+        raise CheckpointError(f"{index}: shard {name!r} is outside the model folder {folder}; "
+                              "a checkpoint may only name files inside its folder")
 
 
 class SafetensorsReader:
@@ -63,9 +77,13 @@ class SafetensorsReader:
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names")
             files = sorted(set(weight_map.values()))
+            for name in files:
+                _check_inside(folder, name, index)
         elif (folder / SINGLE_FILE).is_file():
             files = [SINGLE_FILE]
             weight_map = None

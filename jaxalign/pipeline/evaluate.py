@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxalign.config.schema import Config
-from jaxalign.data import prepare
+from jaxalign.config.schema import Config, ConfigError
+from jaxalign.data import DataError, prepare
 from jaxalign.generation.sampler import SamplingParams
 from jaxalign.losses import antisymmetric_difference
 from jaxalign.parallel import distributed
@@ -40,6 +40,7 @@ from jaxalign.pipeline.generate import PolicySampler, named
 from jaxalign.pipeline.rows import load_prompts, load_table, write_rows_atomic
 from jaxalign.pipeline.scoring import make_pair_differences, make_pair_logps, make_pair_rewards, make_sft_logps, make_token_kl
 from jaxalign.train.build import build_model, build_tokenizer
+from jaxalign.train.provenance import write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,45 @@ METRICS = {
 
 def eval_output_path(config: Config) -> Path:
     return Path(config.eval.output or f"{config.train.output_dir.rstrip('/')}/eval.json")
+
+
+def eval_provenance(config: Config) -> dict:
+    """What decides ``eval.json``: every evaluated model, the teacher, the reference, the judge (fingerprints),
+    the held-out data's content and the sampling settings."""
+    from jaxalign.train.provenance import source_digest, spec_fingerprint
+
+    ev = config.eval
+    record = {"kind": "eval", "eval.limit": ev.limit, "eval.max_new_tokens": ev.max_new_tokens,
+              "eval.temperature": ev.temperature, "eval.top_p": ev.top_p, "eval.seed": ev.seed,
+              "eval.judge_kind": ev.judge_kind, "judge": spec_fingerprint(ev.judge), "teacher": spec_fingerprint(config.teacher),
+              "reference": spec_fingerprint(config.reference if config.reference.is_set() else config.model),
+              "eval.prompts": source_digest(ev.prompts) if ev.prompts else None,
+              "eval_data": source_digest(config.eval_data) if config.eval_data else None}
+    for m in list(ev.models) or [named(config.model, "model")]:
+        record[f"model[{m.name}]"] = spec_fingerprint(m)
+    return record
+
+
+def check_judge(config: Config) -> None:
+    """Refuse, before any model loads, a judge that cannot judge: a random preset, a plain language model
+    (its scalar head would be random, so its win rate would be noise) or a folder without a tokenizer."""
+    from jaxalign.models.resolve import resolve_model_path
+
+    j = config.eval.judge
+    if not j.is_set():
+        return
+    if j.preset:
+        raise ConfigError(f"eval.judge.preset={j.preset!r} is a random model; a judge must be a trained reward or "
+                          "difference model (an HF *ForSequenceClassification folder, e.g. from loss.name=reward_model)")
+    folder = resolve_model_path(j.path)
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"eval.judge.path={j.path}: cannot read {folder / 'config.json'} ({e})") from None
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise ConfigError(f"eval.judge.path={j.path} is a language model ({', '.join(map(str, architectures)) or 'no architectures'}), "
+                          "not a trained scalar-head model; train a judge with loss.name=reward_model (or difference_model)")
+    build_tokenizer(j, key="eval.judge")
 
 
 class _Batches:
@@ -222,8 +262,12 @@ def format_table(results: dict) -> str:
 
 def run_eval(config: Config) -> dict:
     """Evaluate the policies; print the table, write the JSON (``eval.output``); return the results."""
+    from jaxalign.train.locks import check_writable
+
     ev = config.eval
     start = time.perf_counter()
+    check_writable(eval_output_path(config), key="eval.output", directory=False)  # before any model loads
+    check_judge(config)
     ev_models = list(ev.models) or [named(config.model, "model")]
     evaluator = Evaluator(config)
     results: dict[str, Any] = {"models": {}, "teacher": config.teacher.path or config.teacher.preset,
@@ -294,6 +338,7 @@ def run_eval(config: Config) -> dict:
     if jax.process_index() == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_json(results, out)
+        write_sidecar(out, eval_provenance(config))
         if sample_rows:
             write_rows_atomic(sample_rows, out.with_name(out.stem + "_samples.jsonl"))
         print(format_table(results))

@@ -173,7 +173,7 @@ def _rows_for_batch(mode: str, samplers: list[PolicySampler], batch: Sequence[di
     return out
 
 
-def generate_provenance(config: Config, samplers: Sequence["PolicySampler"]) -> dict:
+def generate_provenance(config: Config, specs: Sequence[GenerateModel]) -> dict:
     """What decides a ``generate`` output's values: each model and tokenizer (fingerprints), the
     sampling settings, the seed and batch size (batch ``b``'s seed), and the prompt layout settings."""
     from jaxalign.train.provenance import spec_fingerprint
@@ -183,9 +183,9 @@ def generate_provenance(config: Config, samplers: Sequence["PolicySampler"]) -> 
               "generate.top_p": gen.top_p, "generate.top_k": gen.top_k, "generate.max_new_tokens": gen.max_new_tokens,
               "generate.seed": gen.seed, "generate.batch_size": gen.batch_size,
               "data.add_bos": config.data.add_bos, "data.use_chat_template": config.data.use_chat_template}
-    for s in samplers:
-        record[f"model[{s.name}]"] = spec_fingerprint(s.spec)
-        record[f"tokenizer[{s.name}]"] = spec_fingerprint(s.spec, tokenizer_only=True)
+    for s in specs:
+        record[f"model[{s.name}]"] = spec_fingerprint(s)
+        record[f"tokenizer[{s.name}]"] = spec_fingerprint(s, tokenizer_only=True)
     return record
 
 
@@ -240,7 +240,7 @@ def _run_generate(config: Config, source: str, prompts: list[dict], specs: list[
     encoded = [s.encode(prompts, source) for s in samplers]  # every prompt checked before any weights load
 
     writer = RowWriter(gen.output, key="prompt_key")
-    record = generate_provenance(config, samplers)
+    record = generate_provenance(config, specs)
     unrecorded = check_resumable(gen.output, "generate.output", writer, record,
                     ignore=config.data.ignore_provenance,
                     regenerate=f"delete {gen.output} (or choose another generate.output) to regenerate")

@@ -1,9 +1,13 @@
 """``jaxalign pipeline``: run a recipe's stages in order, skipping the finished ones.
 
 Each stage is ``load_config(recipe, overrides + stage.overrides)`` handed to its
-stage function. Finished means: ``prune``/``train`` — the output folder has a
-``config.json``; ``eval`` — its JSON exists; ``generate``/``score`` — they are
-resumable, so they always run and do nothing when their output is complete.
+stage function. A stage is skipped only when its output exists and the
+provenance recorded with it (``jaxalign.train.provenance``) matches the stage's
+resolved config and inputs (model fingerprints, source digests). Otherwise it
+runs: a ``train`` stage whose only change is a longer ``train.steps`` resumes
+from its checkpoint; any other difference moves the old output aside
+(``<name>.replaced-N``) and reruns, and the stage's detail says which and why.
+``generate``/``score`` continue an interrupted output whose provenance matches.
 At the end a Markdown report (stage timings, the eval table, peak host memory)
 and a plot of the eval metrics are written.
 """
@@ -18,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from jaxalign.config import load_config
+import yaml
+
+from jaxalign.config import load_config, to_yaml
 from jaxalign.config.schema import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,56 +53,174 @@ class PipelineResult:
     interrupted: bool = False
 
 
-def run_prune(config: Config) -> tuple[Path, list[int]]:
-    """Write ``prune.output``: ``prune.source`` (default ``teacher.path``) minus a fraction of its layers."""
-    from jaxalign.models.resolve import resolve_model_path
-    from jaxalign.models.prune import prune_checkpoint
+#: Written into a pruned folder: what it was pruned from and how.
+PRUNE_PROVENANCE = "jaxalign_provenance.json"
+
+
+def prune_provenance(config: Config) -> dict:
+    """What decides ``prune.output``: the source model's fingerprint, the fraction and the strategy."""
+    from jaxalign.config.schema import ModelSpec
+    from jaxalign.train.provenance import spec_fingerprint
 
     pr = config.prune
-    return prune_checkpoint(resolve_model_path(pr.source or config.teacher.path), pr.output, fraction=pr.fraction,
-                            strategy=pr.strategy, overwrite=False)
+    return {"kind": "prune", "source": spec_fingerprint(ModelSpec(path=pr.source or config.teacher.path)),
+            "prune.fraction": pr.fraction, "prune.strategy": pr.strategy}
+
+
+def run_prune(config: Config) -> tuple[Path, list[int]]:
+    """Write ``prune.output``: ``prune.source`` (default ``teacher.path``) minus a fraction of its layers,
+    with its provenance (``jaxalign_provenance.json``)."""
+    from jaxalign.models.prune import prune_checkpoint
+    from jaxalign.models.resolve import resolve_model_path
+    from jaxalign.train.provenance import write_json_atomic
+
+    pr = config.prune
+    record = prune_provenance(config)
+    out, dropped = prune_checkpoint(resolve_model_path(pr.source or config.teacher.path), pr.output, fraction=pr.fraction,
+                                    strategy=pr.strategy, overwrite=False)
+    write_json_atomic(Path(out) / PRUNE_PROVENANCE, record)
+    return out, dropped
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(recorded: dict | None, current: dict, ignore: Sequence[str] = ("output",)) -> str | None:
+    """``None`` when the recorded provenance matches ``current``; else why not (for the stage's detail)."""
+    from jaxalign.train.provenance import describe_diff, diff
+
+    if recorded is None:
+        return "it has no provenance record"
+    changes = diff(recorded, current, ignore=ignore)
+    return describe_diff(changes) if changes else None
+
+
+def _set_aside(paths: Sequence[Path]) -> str:
+    """Rename the existing ``paths`` to ``<path>.replaced-N`` (one N for all, never overwriting); returns where."""
+    paths = [Path(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
+    n = 1
+    while any(p.with_name(f"{p.name}.replaced-{n}").exists() for p in paths):
+        n += 1
+    for p in paths:
+        p.rename(p.with_name(f"{p.name}.replaced-{n}"))
+    return ", ".join(f"{p.name}.replaced-{n}" for p in paths)
+
+
+def _file_outputs(output: str) -> list[Path]:
+    """A generate/score output with its staged stream and provenance record."""
+    from jaxalign.train.provenance import sidecar_path
+
+    out = Path(output)
+    return [out, out.with_name(out.name + ".partial.jsonl"), sidecar_path(out)]
+
+
+def _check_file_stage(output: str, current: dict, what: str) -> str:
+    """Before a resumable stage: an output made otherwise is set aside (it reruns); returns a note on that."""
+    from jaxalign.train.provenance import read_sidecar
+
+    paths = _file_outputs(output)
+    if not any(p.exists() for p in paths[:2]):
+        return ""
+    why = _stale(read_sidecar(output), current)
+    if why is None:
+        return ""
+    moved = _set_aside(paths)
+    log.warning("pipeline: %s rerun: %s (previous output moved to %s)", what, why, moved)
+    return f"rerun because {why}; previous output moved to {moved}; "
+
+
+def _train_plan(config: Config) -> tuple[str, str]:
+    """("skip" | "run", why): skip only when the export's provenance matches this stage's config and inputs;
+    a longer ``train.steps`` resumes; any other difference sets the old run aside and trains anew."""
+    from jaxalign.train.provenance import describe_diff, diff, flatten
+    from jaxalign.train.trainer import EXPORT_PROVENANCE, RESUME_ALLOWED, check_resume, run_provenance
+
+    out = Path(config.train.output_dir)
+    moved_paths = [Path(config.checkpoint_dir), Path(config.export_dir), out / "metrics.jsonl"]
+    current = flatten(yaml.safe_load(to_yaml(config)))
+    provenance = run_provenance(config)
+    export = Path(config.export_dir)
+    if (export / "config.json").is_file():
+        recorded = _read_json(export / EXPORT_PROVENANCE)
+        if recorded is None:
+            changes, why = [], "its export has no provenance record"
+        else:
+            was = {**flatten(recorded.get("config", {})), **{f"provenance.{k}": v for k, v in recorded.items()
+                                                             if k not in ("config", "steps")}}
+            now = {**current, **{f"provenance.{k}": v for k, v in provenance.items()}}
+            changes = diff(was, now, ignore=tuple(k for k in RESUME_ALLOWED if k not in ("train.steps", "train.epochs")))
+            if not changes:
+                return "skip", f"{config.export_dir} exists and was made by this config"
+            why = describe_diff(changes)
+            if [k for k, _, _ in changes] == ["train.steps"] and config.train.epochs == 0 and changes[0][2] > changes[0][1]:
+                return "run", f"resumed: train.steps {changes[0][1]} -> {changes[0][2]}; "
+        moved = _set_aside(moved_paths)
+        log.warning("pipeline: train rerun: %s (previous run moved to %s)", why, moved)
+        return "run", f"rerun because {why}; previous run moved to {moved}; "
+    try:
+        check_resume(config, to_yaml(config), provenance)
+    except ConfigError as e:
+        moved = _set_aside(moved_paths)
+        log.warning("pipeline: train rerun: %s (previous run moved to %s)", e, moved)
+        return "run", f"rerun because the checkpoint's run differs; previous run moved to {moved}; "
+    return "run", ""
+
+
 def _stage(config: Config, run: str) -> tuple[str, str]:
     """Run one stage; returns (status, detail)."""
     if run == "prune":
-        if (Path(config.prune.output) / "config.json").is_file():
-            return "skipped", f"{config.prune.output} exists"
+        out = Path(config.prune.output)
+        note = ""
+        if (out / "config.json").is_file():
+            why = _stale(_read_json(out / PRUNE_PROVENANCE), prune_provenance(config))
+            if why is None:
+                return "skipped", f"{config.prune.output} exists and was made by this config"
+            note = f"rerun because {why}; previous output moved to {_set_aside([out])}; "
         out, dropped = run_prune(config)
-        return "ran", f"dropped layers {dropped} -> {out}"
+        return "ran", f"{note}dropped layers {dropped} -> {out}"
     if run == "train":
         from jaxalign.train.trainer import train
 
-        done = Path(config.export_dir) / "config.json"
-        if done.is_file():
-            return "skipped", f"{config.export_dir} exists"
+        plan, note = _train_plan(config)
+        if plan == "skip":
+            return "skipped", note
         result = train(config)
         if result.preempted:
-            return "interrupted", f"stopped at step {result.steps}; rerun to resume"
-        return "ran", f"{result.steps} steps, final loss {result.losses[-1]:.4f}" if result.losses else "ran"
+            return "interrupted", f"{note}stopped at step {result.steps}; rerun to resume"
+        return "ran", note + (f"{result.steps} steps, final loss {result.losses[-1]:.4f}" if result.losses else "ran")
     if run == "generate":
-        from jaxalign.pipeline.generate import run_generate
+        from jaxalign.pipeline.generate import generate_provenance, generation_models, run_generate
 
+        note = _check_file_stage(config.generate.output, generate_provenance(config, generation_models(config)), "generate")
         r = run_generate(config)
         status = "interrupted" if r.interrupted else ("ran" if r.new_rows else "skipped")
-        return status, f"{r.rows} rows, {r.new_rows} new, {r.tokens_per_second:.1f} tokens/s"
+        return status, f"{note}{r.rows} rows, {r.new_rows} new, {r.tokens_per_second:.1f} tokens/s"
     if run == "score":
-        from jaxalign.pipeline.score import run_score
+        from jaxalign.pipeline.score import run_score, score_provenance
 
+        note = _check_file_stage(config.score.output, score_provenance(config, config.score.input or config.data.path), "score")
         r = run_score(config)
         status = "interrupted" if r.interrupted else ("ran" if r.new_rows else "skipped")
-        return status, f"{r.rows} rows: {', '.join(r.columns)}"
+        return status, f"{note}{r.rows} rows: {', '.join(r.columns)}"
     if run == "eval":
-        from jaxalign.pipeline.evaluate import eval_output_path, run_eval
+        from jaxalign.pipeline.evaluate import eval_output_path, eval_provenance, run_eval
 
-        if eval_output_path(config).is_file():
-            return "skipped", f"{eval_output_path(config)} exists"
+        out = eval_output_path(config)
+        note = ""
+        if out.is_file():
+            note = _check_file_stage(str(out), eval_provenance(config), "eval")
+            if not note:
+                return "skipped", f"{out} exists and was made by these models and settings"
         run_eval(config)
-        return "ran", str(eval_output_path(config))
+        return "ran", f"{note}{out}"
     raise ConfigError(f"pipeline stage run={run!r} is not one of prune, train, generate, score, eval")
 
 

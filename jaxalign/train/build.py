@@ -39,7 +39,13 @@ def build_model_config(spec: ModelSpec, *, key: str) -> ModelConfig:
         config_file = folder / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{folder}: no config.json ({key}.path)")
-        return ModelConfig.from_hf_dict(json.loads(config_file.read_text()), source=str(config_file))
+        try:
+            hf = json.loads(config_file.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{config_file}: not valid JSON ({e}) ({key}.path)") from None
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{config_file}: a JSON {type(hf).__name__}, not an object ({key}.path)")
+        return ModelConfig.from_hf_dict(hf, source=str(config_file))
     if spec.preset:
         return ModelConfig.from_hf_dict(preset_hf_config(spec.preset), source=f"preset {spec.preset!r}")
     raise ConfigError(f"{key}.path or {key}.preset must be set")

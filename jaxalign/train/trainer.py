@@ -135,10 +135,30 @@ RESUME_ALLOWED = ("train.steps", "train.epochs", "train.log_every", "train.expor
                   "score.", "prune.", "pipeline.", "data.ignore_provenance")
 
 
-def check_resume(config: Config, yaml_text: str, data_source: str) -> None:
-    """Refuse to resume a checkpoint whose run had another config (outside ``RESUME_ALLOWED``) or other
-    training data, unless ``checkpoint.allow_config_change``. Reads only small files of the newest
-    committed step, so it runs before any model loads."""
+def run_provenance(config: Config) -> dict:
+    """What a training run's values depend on besides its config: the training data's content and the
+    fingerprints of the model folders it reads (``jaxalign.train.provenance``); saved in every
+    checkpoint's meta and in the export."""
+    from jaxalign.train.provenance import spec_fingerprint
+
+    record = {"data.source": source_digest(config.data.path, split=config.data.split, data_files=config.data.data_files),
+              "model": spec_fingerprint(config.model, seed=config.train.seed)}
+    for key in ("reference", "teacher"):
+        spec = getattr(config, key)
+        if spec.is_set():
+            record[key] = spec_fingerprint(spec, seed=config.train.seed)
+    return record
+
+
+#: What a changed provenance entry means, for the resume error.
+_PROVENANCE_NAMES = {"data.source": "the content of data.path", "model": "the model at model.path",
+                     "reference": "the model at reference.path", "teacher": "the model at teacher.path"}
+
+
+def check_resume(config: Config, yaml_text: str, provenance: dict) -> None:
+    """Refuse to resume a checkpoint whose run had another config (outside ``RESUME_ALLOWED``), other
+    training data or other model files, unless ``checkpoint.allow_config_change``. Reads only small
+    files of the newest committed step, so it runs before any model loads."""
     from jaxalign.train.checkpointing import committed_step_files
     from jaxalign.train.provenance import describe_diff, diff, flatten
 
@@ -155,10 +175,12 @@ def check_resume(config: Config, yaml_text: str, data_source: str) -> None:
         if changes:
             raise ConfigError(f"resume from {config.checkpoint_dir} (step {step}): the config changed "
                               f"({describe_diff(changes)}); {hint}")
-    recorded = (meta or {}).get("provenance", {}).get("data.source")
-    if recorded is not None and recorded != data_source:
-        raise ConfigError(f"resume from {config.checkpoint_dir} (step {step}): the content of data.path="
-                          f"{config.data.path} changed since the checkpoint was written; {hint}")
+    recorded = (meta or {}).get("provenance") or {}
+    for key, value in recorded.items():
+        if provenance.get(key) != value:
+            what = _PROVENANCE_NAMES.get(key, key)
+            raise ConfigError(f"resume from {config.checkpoint_dir} (step {step}): {what} changed since the checkpoint "
+                              f"was written; {hint}")
 
 
 class Trainer:
@@ -186,9 +208,8 @@ class Trainer:
         check_cached_columns(config, columns, reference=config.reference if config.reference.is_set() else config.model,
                              teacher=config.teacher if config.teacher.is_set() else None)
         self.yaml_text = to_yaml(config)
-        self.provenance = {"data.source": source_digest(config.data.path, split=config.data.split,
-                                                        data_files=config.data.data_files)}
-        check_resume(config, self.yaml_text, self.provenance["data.source"])
+        self.provenance = run_provenance(config)
+        check_resume(config, self.yaml_text, self.provenance)
         if config.train.export_hf:
             check_export_dir(Path(config.export_dir))
         ctx = ObjectiveContext(config.loss, mesh=self.mesh if config.mesh.tensor > 1 else None,

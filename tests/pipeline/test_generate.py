@@ -242,8 +242,10 @@ def test_two_concurrent_generates_on_one_output(base_overrides, prompts_file, pa
     out = tmp_path / "shared.jsonl"
     refused = []
 
+    first_done = threading.Event()
+
     def second():
-        while not lock_path(out, directory=False).exists():
+        while not lock_path(out, directory=False).exists() and not first_done.is_set():
             time.sleep(0.005)
         try:
             run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs"))
@@ -252,8 +254,11 @@ def test_two_concurrent_generates_on_one_output(base_overrides, prompts_file, pa
 
     t = threading.Thread(target=second)
     t.start()
-    result = run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs"))
-    t.join()
+    try:
+        result = run_generate(_config(base_overrides, prompts_file, out, "generate.mode=pairs"))
+    finally:
+        first_done.set()
+        t.join()
     assert len(refused) == 1 and f"generate.output={out} is being written by pid" in refused[0]
     assert result.rows == 10 and _rows(out) == pairs_run[1]
     assert not lock_path(out, directory=False).exists()

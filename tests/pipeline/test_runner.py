@@ -40,11 +40,12 @@ def job(tiny_models, prompts_file, tmp_path_factory):
         first = run_pipeline(RECIPE, overrides, on_stage=seen.append)
         report = first.report.read_text()  # the second run writes its own report to the same path
         second = run_pipeline(RECIPE, overrides)
-    return tmp / "runs" / "pipeline_dadpo", first, second, seen, report
+        third = run_pipeline(RECIPE, [*overrides, "eval.temperature=0.5"])  # only what eval depends on changed
+    return tmp / "runs" / "pipeline_dadpo", first, second, seen, report, third
 
 
 def test_every_stage_runs_and_writes_its_output(job):
-    root, first, _, seen, _ = job
+    root, first, _, seen, _, _ = job
     assert not first.interrupted
     assert [(r.name, r.run, r.status) for r in first.stages] == [(name, run, "ran") for name, run in STAGES]
     assert seen == first.stages  # on_stage saw each record as it finished
@@ -63,7 +64,7 @@ def test_every_stage_runs_and_writes_its_output(job):
 
 
 def test_report_has_the_stage_table_and_the_eval_table(job):
-    root, first, _, _, report = job
+    root, first, _, _, report, _ = job
     assert first.report.name == "report.md" and (root / "report.md").read_text() != ""
     assert "| stage | run | status | seconds | detail |" in report
     for r in first.stages:
@@ -76,10 +77,50 @@ def test_report_has_the_stage_table_and_the_eval_table(job):
 
 
 def test_second_run_skips_every_stage(job):
-    root, first, second, _, _ = job
+    root, first, second, _, _, _ = job
     assert [(r.name, r.status) for r in second.stages] == [(r.name, "skipped") for r in first.stages]
     assert second.eval_results == first.eval_results
     assert "| daDPO | train | skipped |" in (root / "report.md").read_text()
+
+
+def test_a_changed_setting_reruns_only_the_stages_that_depend_on_it(job):
+    root, first, _, _, _, third = job
+    assert [(r.name, r.status) for r in third.stages] == [(r.name, "skipped") for r in first.stages[:-1]] + [("eval", "ran")]
+    assert third.stages[-1].detail.startswith("rerun because eval.temperature: 0.7 -> 0.5; previous output moved to eval.json.replaced-1")
+    assert (root / "eval.json.replaced-1").is_file() and json.loads((root / "eval.json").read_text())["temperature"] == 0.5
+
+
+def _train_only_recipe(tmp_path):
+    from tests.train.conftest import synthetic_preferences, write_jsonl
+    from tests.conftest import _byte_tokenizer
+
+    _byte_tokenizer().save_pretrained(tmp_path / "tok")
+    data = write_jsonl(tmp_path / "prefs.jsonl", synthetic_preferences(16, 0))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""
+model: {{preset: tiny, tokenizer: {tmp_path / 'tok'}}}
+data: {{path: {data}, batch_size: 4, max_length: 64, max_prompt_length: 32, buckets: [64]}}
+optimizer: {{lr: 1.0e-3, schedule: constant}}
+train: {{steps: 2, log_every: 1, output_dir: {tmp_path / 'run'}}}
+mesh: {{data: 1}}
+checkpoint: {{async_save: false}}
+logging: {{tensorboard: false, progress_bar: false, plot: false}}
+pipeline: {{stages: [{{name: dpo, run: train}}], report: {tmp_path / 'report.md'}}}
+""")
+    return str(recipe)
+
+
+def test_train_stage_skips_only_a_matching_export_resumes_more_steps_and_reruns_a_change(tmp_path):
+    recipe = _train_only_recipe(tmp_path)
+    stage = lambda *o: run_pipeline(recipe, list(o)).stages[0]  # noqa: E731
+    assert stage().status == "ran"
+    assert stage().status == "skipped"
+    longer = stage("train.steps=3")
+    assert longer.status == "ran" and longer.detail.startswith("resumed: train.steps 2 -> 3; 3 steps")
+    changed = stage("train.steps=3", "loss.beta=0.3")
+    assert changed.status == "ran" and changed.detail.startswith("rerun because loss.beta: 0.1 -> 0.3; previous run moved to")
+    assert (tmp_path / "run" / "checkpoints.replaced-1").is_dir() and (tmp_path / "run" / "hf.replaced-1").is_dir()
+    assert stage("train.steps=3", "loss.beta=0.3").status == "skipped"
 
 
 def test_bad_key_is_refused_before_the_first_stage(tiny_models, prompts_file, tmp_path, monkeypatch):
