@@ -4,7 +4,7 @@ Setup (the issue's): float32 ``bench-llama-4x512`` (4 layers, hidden 512, MLP 13
 heads, vocab 32000, untied head), 8 pairs x 256 tokens (prompt 64, response 192), DPO sigmoid with
 the reference forward inside the step, AdamW. Token ids are random.
 
-    .venv/bin/python benchmarks/train_step.py                      # jaxalign as shipped + the previous head
+    .venv/bin/python benchmarks/train_step.py                      # jaxalign as shipped
     .venv/bin/python benchmarks/train_step.py --torch --trl        # + plain PyTorch loop + TRL DPOTrainer
     .venv/bin/python benchmarks/train_step.py --variant shipped --variant "chunk=1024,save=0"
 
@@ -13,30 +13,20 @@ start-up). The float32 matmul peak (jnp ``N x N @ N x N``, best of several) is m
 before and after the children, and the better of the two is the reference: the machine may be shared,
 so compare the ratios printed at the end, all measured in one run, rather than absolute figures.
 
-A jaxalign variant is a name (``shipped``, ``previous``) or comma-separated ``key=value`` pairs
-over ``shipped`` (the library's defaults):
+A jaxalign variant is a name (``shipped``) or comma-separated ``key=value`` pairs over ``shipped``
+(the library's defaults); each key is a config option of the library, never a patch of it:
 
-  remat=none|full|dots     per-layer rematerialisation (``init_model(remat=...)``)
-  layers=scan|unroll       decoder layers under ``lax.scan`` (the library) or a Python loop over static
-                           slices of the stacked weights (monkeypatched here: a proposal)
-  head=scored|all          LM head + log-softmax only on the scored positions, packed across rows,
-                           hand-written VJP (the library's default, ``masked_token_logprobs``), or on
-                           every position chunked per row (``sequence_logps(scored_only=False)``, the
-                           previous default)
-  chunk=N                  ``LossConfig.chunk_size``: head=scored: packed positions per chunk;
-                           head=all: positions per row per chunk
-  save=auto|1|0            head=scored: keep the forward's logits for the backward pass (1), recompute
-                           them (0), or the library's rule (auto: keep them when the packed buffer holds
-                           at most rows * chunk positions)
-  attn=grouped|dpa         attention as the library computes it (``decoder.attention``: the query heads
-                           of a KV head in one matmul) or ``jax.nn.dot_product_attention`` (the previous
-                           code; monkeypatched here)
-  linear=custom|autodiff   projections with the library's custom VJP (``decoder._matmul``: the weight
-                           gradient transposes the smaller operand) or plain autodiff (the previous code,
-                           what remat=dots uses; monkeypatched here)
+  remat=none|full|dots     per-layer rematerialisation (``model.remat``)
+  layers=scan|unroll       ``model.layer_loop``: decoder layers under ``lax.scan`` or unrolled with
+                           static slices of the stacked weights
+  attn=IMPL                ``model.attention``: auto | xla | blockwise | ... (``jaxalign.ops.attention``)
+  chunk=N                  ``loss.chunk_size``: packed scored positions per chunk of the LM head
   ref=model|cached         reference forward in the step (the issue's setup) or precomputed
                            reference log-probs in the batch (jaxalign's ``score`` stage; informative only)
   xla=FLAGS                extra XLA_FLAGS for this variant (space-separated)
+  src=DIR                  run the variant with another checkout of jaxalign first on PYTHONPATH (e.g.
+                           ``git worktree add /tmp/base <rev>``): the same step of an earlier revision,
+                           timed in the same run, for a regression ratio
 
 FLOPs: matmul FLOPs of the step's math, never counting rematerialisation (see ``flop_counts``).
 """
@@ -55,14 +45,8 @@ import tempfile
 import time
 
 PRESET = "bench-llama-4x512"
-SHIPPED = {"remat": "none", "layers": "scan", "head": "scored", "chunk": "256", "save": "auto", "attn": "grouped",
-           "linear": "custom", "ref": "model", "xla": ""}
-NAMED = {
-    "shipped": {},
-    # The library before the issue-4 speed work: LM head on every position with a target, chunked per
-    # row, logits recomputed in the backward pass; jax.nn.dot_product_attention; autodiff projections.
-    "previous": {"head": "all", "attn": "dpa", "linear": "autodiff"},
-}
+SHIPPED = {"remat": "none", "layers": "scan", "attn": "auto", "chunk": "256", "ref": "model", "xla": "", "src": ""}
+NAMED = {"shipped": {}}
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -124,8 +108,7 @@ def flop_counts(hf: dict, pairs: int, prompt: int, response: int) -> dict:
 
 
 def variant_flops(fl: dict, v: dict) -> float:
-    key = "response" if v["head"] == "scored" else "all"
-    return fl[key if v["ref"] == "model" else key + "_noref"]
+    return fl["response" if v["ref"] == "model" else "response_noref"]
 
 
 # ------------------------------------------------------------------------------------- matmul peak
@@ -161,63 +144,6 @@ def torch_matmul_peak(n: int, reps: int) -> float:
     return 2 * n**3 / best
 
 
-# ------------------------------------------------------------------------------ jaxalign patches
-def apply_patches(v: dict) -> None:
-    """Monkeypatch jaxalign for a variant (this process only; the repository is not edited)."""
-    import jax
-
-    if v["layers"] == "unroll":
-        from jaxalign.models import decoder as dec
-
-        def _run_layers(self, x, positions, mask, return_kv=False):
-            cos, sin = dec.rope_cos_sin(positions, dec.inverse_frequencies(self.config))
-            config = self.config
-
-            def body(carry, p):
-                return dec.decoder_layer(config, p, carry, cos, sin, mask, custom_grad=self.remat != "dots")
-
-            if self.remat != "none":
-                body = jax.checkpoint(body, policy=dec.REMAT_POLICIES[self.remat])
-            stacked = self.layers.arrays()
-            kvs = []
-            for i in range(config.num_layers):  # static slices: no per-iteration dynamic-slice copies
-                x, kv = body(x, {k: w[i] for k, w in stacked.items()})
-                kvs.append(kv)
-            x = dec.rms_norm(x, self.final_norm[...], config.rms_norm_eps)
-            if return_kv:
-                import jax.numpy as jnp
-
-                return x, (jnp.stack([k for k, _ in kvs]), jnp.stack([w for _, w in kvs]))
-            return x
-
-        dec.Decoder._run_layers = _run_layers
-
-    if v["attn"] == "dpa":
-        from jaxalign.models import decoder as dec
-
-        dec.attention = lambda q, k, v, mask: jax.nn.dot_product_attention(q, k, v, mask=mask)
-
-    if v["linear"] == "autodiff":
-        from jaxalign.models import decoder as dec
-
-        linear = dec._linear
-        dec._linear = lambda x, w, b=None, custom_grad=True: linear(x, w, b, custom_grad=False)
-
-    if v["head"] != "scored" or v["save"] != "auto":
-        import functools
-
-        from jaxalign.train import forward, objectives
-
-        if v["head"] == "all":
-            patched = functools.partial(forward.sequence_logps, scored_only=False)
-        else:
-            save = v["save"] == "1"
-            scored = functools.partial(forward.scored_token_logps, save_logits=save)
-            forward.scored_token_logps = scored  # sequence_logps looks it up in its module at call time
-            patched = forward.sequence_logps
-        objectives.sequence_logps = patched
-
-
 # --------------------------------------------------------------------------------- jaxalign child
 def make_batch(pairs, prompt, response, vocab, seed=0):
     import numpy as np
@@ -243,7 +169,6 @@ def run_jaxalign(args, v: dict) -> dict:
     import numpy as np
     from flax import nnx
 
-    apply_patches(v)
     from jaxalign.config.schema import LossConfig, OptimizerConfig
     from jaxalign.models import ModelConfig, init_model
     from jaxalign.train.objectives import ObjectiveContext, get_objective
@@ -251,7 +176,10 @@ def run_jaxalign(args, v: dict) -> dict:
     from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 
     cfg = ModelConfig.from_hf_dict(hf_config())
-    model = init_model(cfg, remat=v["remat"])
+    options = {"remat": v["remat"]}
+    if (v["layers"], v["attn"]) != (SHIPPED["layers"], SHIPPED["attn"]):  # an older revision may lack the keys
+        options.update(layer_loop=v["layers"], attention=v["attn"])
+    model = init_model(cfg, **options)
     graphdef, params = nnx.split(model)
     batch = make_batch(args.pairs, args.prompt_len, args.response_len, cfg.vocab_size)
     if v["ref"] == "cached":
@@ -412,7 +340,7 @@ def run_trl(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- parent
-def child(args, kind: str, variant: str = "", xla: str = "") -> dict:
+def child(args, kind: str, variant: str = "", xla: str = "", src: str = "") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--pairs", str(args.pairs),
            "--prompt-len", str(args.prompt_len), "--response-len", str(args.response_len),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--peak-size", str(args.peak_size)]
@@ -421,6 +349,8 @@ def child(args, kind: str, variant: str = "", xla: str = "") -> dict:
     env = dict(os.environ)
     if xla:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla).strip()
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     print(f"  running {kind} {variant} {('XLA_FLAGS=' + env['XLA_FLAGS']) if xla else ''}".rstrip(), flush=True)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
@@ -439,7 +369,7 @@ def steady(times: list, warmup: int) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("--variant", action="append", help="jaxalign variant (repeatable; default: shipped, previous; 'none' for no jaxalign run)")
+    p.add_argument("--variant", action="append", help="jaxalign variant (repeatable; default: shipped; 'none' for no jaxalign run)")
     p.add_argument("--torch", action="store_true", help="also time a plain PyTorch DPO loop")
     p.add_argument("--trl", action="store_true", help="also time trl.DPOTrainer (if trl is installed)")
     p.add_argument("--trl-no-gc", action="store_true",
@@ -468,7 +398,7 @@ def main():
         print(json.dumps(r))
         return
 
-    variants = [] if args.variant == ["none"] else [parse_variant(s) for s in (args.variant or ["shipped", "previous"])]
+    variants = [] if args.variant == ["none"] else [parse_variant(s) for s in (args.variant or ["shipped"])]
     hf = hf_config()
     fl = flop_counts(hf, args.pairs, args.prompt_len, args.response_len)
     rows, T = 2 * args.pairs, args.prompt_len + args.response_len
@@ -512,7 +442,7 @@ def main():
 
     results, peaks = {}, [peak()]
     for name, kind, variant, xla, v in runs:
-        r = child(args, kind, variant, xla)
+        r = child(args, kind, variant, xla, v["src"] if v else "")
         peaks.append(peak())
         r["variant"], r["peak"] = v, max(peaks[-2:])  # the better of the peaks measured just before and after
         results[name] = r

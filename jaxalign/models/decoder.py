@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers.context import LayerContext
-from jaxalign.models.layers.params import ParamSpec, make_param
+from jaxalign.models.layers.params import EMBEDDING, IN_OUT, SCALAR_HEAD, VECTOR, ParamSpec, make_param
 from jaxalign.models.layers.rope import rope_cos_sin
 from jaxalign.ops.attention import IMPLEMENTATIONS
 
@@ -91,11 +91,11 @@ class Decoder(nnx.Module):
         self.attention = attention
         self.layer_loop = layer_loop
         D, V = config.hidden_size, config.vocab_size
-        self.embed = make_param(rngs, ParamSpec((V, D), ("tensor", "fsdp")), param_dtype)
+        self.embed = make_param(rngs, ParamSpec((V, D), EMBEDDING), param_dtype)
         self.layers = DecoderLayers(config.family.layer_params(config), config.num_layers, param_dtype=param_dtype, rngs=rngs)
-        self.final_norm = make_param(rngs, ParamSpec((D,), (None,), _norm_init(config)), param_dtype)
+        self.final_norm = make_param(rngs, ParamSpec((D,), VECTOR, _norm_init(config)), param_dtype)
         untied = lm_head and not config.tie_word_embeddings
-        self.lm_head = make_param(rngs, ParamSpec((D, V), ("fsdp", "tensor")), param_dtype) if untied else None
+        self.lm_head = make_param(rngs, ParamSpec((D, V), IN_OUT), param_dtype) if untied else None
 
     @property
     def family(self):
@@ -149,7 +149,7 @@ class Decoder(nnx.Module):
             return fn
 
         stacked = self.layers.arrays()
-        carry = (x, jnp.zeros((), jnp.float32))
+        carry = (x, family.aux_zeros(config))
         kv_parts = []
         if self.layer_loop == "unroll":
             for i in range(config.num_layers):
@@ -166,6 +166,7 @@ class Decoder(nnx.Module):
                 carry, kv = checkpointed(kinds[n_blocks * period:])(carry, {k: v[n_blocks * period:] for k, v in stacked.items()})
                 kv_parts.append(kv)
         x, aux = carry
+        aux = family.aux_loss(config, aux)
         x = self._final_norm(x)
         if not return_kv:
             return x, aux
@@ -274,7 +275,7 @@ class ScalarHeadModel(nnx.Module):
         self.config = config
         self.decoder = Decoder(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, remat=remat, lm_head=False,
                                attention=attention, layer_loop=layer_loop)
-        self.score = make_param(rngs, ParamSpec((config.hidden_size, 1), ("fsdp", None)), param_dtype)
+        self.score = make_param(rngs, ParamSpec((config.hidden_size, 1), SCALAR_HEAD), param_dtype)
 
     def __call__(self, input_ids, positions=None, segment_ids=None, last_index=None) -> jax.Array:
         """Scores `[B]` float32 read at `last_index` `[B]` (default: last non-padding token)."""

@@ -42,9 +42,8 @@ def test_qwen2_slides_from_max_window_layers_on():
     assert ModelConfig.from_hf_dict(config.to_hf_dict()) == config
 
 
-def test_llama_with_a_sliding_window_is_refused():
-    with pytest.raises(ConfigError, match="sliding_window=16 is not a Llama option"):
-        ModelConfig.from_hf_dict({**BASE, "sliding_window": 16})
+def test_llama_ignores_a_sliding_window_field_as_transformers_does():
+    assert ModelConfig.from_hf_dict({**BASE, "sliding_window": 16}).layer_types is None
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -51,20 +51,35 @@ def layer(c: ModelConfig, kind: str, p, x, ctx, cache=None, cache_index=None):
     return x, kv, jnp.zeros((), jnp.float32)
 
 
+def qwen_sliding_from_hf(hf: dict, num_layers: int, source: str) -> dict:
+    """Qwen2 / Qwen3 sliding layers as `ModelConfig` fields: only with `use_sliding_window`, on the
+    layers from `max_window_layers` on unless `layer_types` lists them (HF ignores `sliding_window`
+    otherwise)."""
+    window = hf.get("sliding_window")
+    types = None
+    if hf.get("use_sliding_window") and window:
+        first = int(hf.get("max_window_layers", num_layers))
+        default = tuple("sliding_attention" if i >= first else "full_attention" for i in range(num_layers))
+        types = layer_types_from_hf(hf, num_layers, window, source, default)
+    return dict(sliding_window=window if types else None, layer_types=types)
+
+
+def qwen_sliding_to_hf(c: ModelConfig) -> dict:
+    """The config.json fields `qwen_sliding_from_hf` reads back into the same layers."""
+    if c.layer_types:
+        return dict(use_sliding_window=True, sliding_window=c.sliding_window, layer_types=list(c.layer_types),
+                    max_window_layers=c.layer_types.index("sliding_attention"))
+    return dict(use_sliding_window=False, sliding_window=None)
+
+
 def _from_hf(model_type: str, hf: dict, source: str) -> ModelConfig:
     check_activation(hf, source, ("silu",))
     common = common_from_hf(hf, source, model_type)
     L = common["num_layers"]
     window = hf.get("sliding_window")
     if model_type == "qwen2":
-        types = None
-        if hf.get("use_sliding_window") and window:
-            first = int(hf.get("max_window_layers", L))
-            default = tuple("sliding_attention" if i >= first else "full_attention" for i in range(L))
-            types = layer_types_from_hf(hf, L, window, source, default)
-        return ModelConfig(**common, qkv_bias=True, sliding_window=window if types else None, layer_types=types)
-    if model_type == "llama" and window:
-        raise ConfigError(f"{source}: sliding_window={window} is not a Llama option; use MistralForCausalLM")
+        return ModelConfig(**common, qkv_bias=True, **qwen_sliding_from_hf(hf, L, source))
+    window = window if model_type == "mistral" else None  # transformers' Llama has no window (ignores the field)
     types = ("sliding_attention",) * L if window else None
     bias = bool(hf.get("attention_bias", False))
     return ModelConfig(**common, qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
@@ -76,12 +91,7 @@ def _to_hf(c: ModelConfig) -> dict:
     if c.model_type == "qwen2":
         if c.o_bias or c.mlp_bias:
             raise ConfigError("qwen2 has no o_proj/mlp bias option")
-        if c.layer_types:
-            out.update(use_sliding_window=True, sliding_window=c.sliding_window, layer_types=list(c.layer_types),
-                       max_window_layers=c.layer_types.index("sliding_attention"))
-        else:
-            out.update(use_sliding_window=False, sliding_window=None)
-        return out
+        return {**out, **qwen_sliding_to_hf(c)}
     if c.qkv_bias != c.o_bias:
         raise ConfigError(f"{c.model_type} biases q, k, v and o together (attention_bias)")
     out.update(attention_bias=c.qkv_bias, mlp_bias=c.mlp_bias)

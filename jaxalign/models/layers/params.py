@@ -41,8 +41,13 @@ def make_param(rngs: nnx.Rngs, spec: ParamSpec, dtype, leading: tuple[int, ...] 
     return nnx.Param(value.astype(dtype), out_sharding=names, eager_sharding=False)
 
 
-# Partition names of the common parameter kinds, so every family shards them the same way.
-IN_OUT = ("fsdp", "tensor")  # [D, F]-like projections that widen: shard the output over `tensor`
-OUT_IN = ("tensor", "fsdp")  # [F, D]-like projections that narrow: shard the input over `tensor`
-VECTOR = (None,)  # norms and biases on the hidden dim
+# The sharding plan: partition names per parameter kind, so every family shards alike. A layer's
+# parameters get a leading replicated layer axis; nothing else is replicated unless declared here.
+IN_OUT = ("fsdp", "tensor")  # [D, F]-like projections that widen (and the LM head [D, V]): output over `tensor`
+OUT_IN = ("tensor", "fsdp")  # [F, D]-like projections that narrow: input over `tensor`
+VECTOR = (None,)  # norms and biases on the hidden dim (replicated: D floats)
 WIDE_VECTOR = ("tensor",)  # biases on a tensor-sharded dim
+EMBEDDING = ("tensor", "fsdp")  # [V, D]: vocab over `tensor`, as the vocab-parallel head expects
+SCALAR_HEAD = ("fsdp", None)  # [D, 1] reward / difference head
+SHARDING_PLAN = {"in_out": IN_OUT, "out_in": OUT_IN, "vector": VECTOR, "wide_vector": WIDE_VECTOR,
+                 "embedding": EMBEDDING, "scalar_head": SCALAR_HEAD}
