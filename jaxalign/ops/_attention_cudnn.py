@@ -7,9 +7,10 @@ turns ``segment_ids`` into them (every run of equal ids is one segment; M = T, s
 and calls the lower-level cuDNN entry point in ``jax._src.cudnn``, with causal masking and the
 left sliding window that cuDNN applies inside each segment.
 
-What cuDNN cannot express (``unsupported_reason``): float32 inputs, logit soft-capping, positions
-or kv segment ids passed explicitly (decode shapes, S != T), a sliding window without causal masking (cuDNN's
-window is left-only). Padding runs (id 0) become segments of their own: their queries attend among
+What cuDNN cannot express (``unsupported_reason``): float32 inputs, logit soft-capping, keys of
+another length than the queries (decode/cache shapes), a sliding window without causal masking
+(cuDNN's window is left-only). cuDNN masks by index inside each segment; ``attention`` routes calls
+whose positions are not index-ordered to blockwise at run time. Padding runs (id 0) become segments of their own: their queries attend among
 themselves, which callers ignore, and no real query sees them. Not yet run on a GPU from this
 repository: ``benchmarks/gpu_check.py`` compares it with ``"xla"`` on packed rows.
 """
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def unsupported_reason(q, k, *, layout_given: bool, causal: bool, sliding_window, logit_softcap) -> str | None:
+def unsupported_reason(q, k, *, causal: bool, sliding_window, logit_softcap) -> str | None:
     """Why cuDNN cannot run this call (None when it can)."""
     if sliding_window is not None and not causal:
         return "cuDNN attention's sliding window is causal (left) only"
@@ -29,8 +30,8 @@ def unsupported_reason(q, k, *, layout_given: bool, causal: bool, sliding_window
         return f"cuDNN attention needs bfloat16/float16 inputs, got {q.dtype}"
     if logit_softcap is not None:
         return "cuDNN attention has no logit soft-capping"
-    if k.shape[1] != q.shape[1] or layout_given:
-        return "cuDNN attention here covers self-attention with default positions and kv segment ids only (not decode/cache shapes)"
+    if k.shape[1] != q.shape[1]:
+        return "cuDNN attention here covers self-attention only (keys as long as queries), not decode/cache shapes"
     return None
 
 

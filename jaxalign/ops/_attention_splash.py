@@ -7,8 +7,9 @@ packed rows through ``SegmentIds``; the scale is folded into q, soft-capping is 
 Lengths are padded to a multiple of 128 with segment id 0 (padding queries attend only to padding,
 which callers ignore; real queries never see it).
 
-What the kernel cannot express (``unsupported_reason``): explicit positions or kv segment ids and
-S != T (decode/cache shapes), because its masks are functions of indices.
+What the kernel cannot express (``unsupported_reason``): keys of another length than the queries
+(decode/cache shapes). Its masks are functions of indices; ``attention`` routes calls whose
+positions are not index-ordered to blockwise at run time.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import numpy as np
 LANE = 128
 
 
-def unsupported_reason(q, k, *, layout_given: bool) -> str | None:
+def unsupported_reason(q, k) -> str | None:
     """Why the splash kernel cannot run this call (None when it can)."""
-    if k.shape[1] != q.shape[1] or layout_given:
-        return "splash attention covers self-attention with default positions and kv segment ids only (not decode/cache shapes)"
+    if k.shape[1] != q.shape[1]:
+        return "splash attention covers self-attention only (keys as long as queries), not decode/cache shapes"
     return None
 
 

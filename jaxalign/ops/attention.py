@@ -18,14 +18,17 @@ Implementations (``impl``):
 - ``"splash"``: the Pallas splash-attention kernel on TPU (``_attention_splash``).
 - ``"auto"``: cudnn on GPU, splash on TPU, on CPU blockwise when T or S is at least
   ``AUTO_BLOCKWISE_MIN_LENGTH`` and xla below.
-A kernel that cannot express a call (float32 or soft-capping for cuDNN, decode shapes or explicit
-positions for both kernels) falls back to blockwise, logging why once; forcing a kernel on a backend
-that cannot run it is an error.
+A kernel that cannot express a call (float32 or soft-capping for cuDNN, decode/cache shapes for both)
+falls back to blockwise, logging why once; forcing a kernel on a backend that cannot run it is an
+error. The kernels mask by index inside each segment, so when the caller passes kv segment ids or
+positions, a run-time check (``index_ordered``) sends the call to blockwise unless they say the same
+(packed training rows: positions step by one inside each segment).
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -50,11 +53,10 @@ def _log_once(message: str) -> None:
         _log.warning(message)
 
 
-def resolve_impl(impl: str, q, k, *, layout_given: bool, causal: bool, sliding_window,
+def resolve_impl(impl: str, q, k, *, causal: bool, sliding_window,
                  logit_softcap, backend: str | None = None) -> str:
     """The implementation that runs: ``auto`` picked per backend and length, kernels that cannot
-    express the call replaced by ``blockwise`` (logged once). Raises for a kernel forced on the wrong backend.
-    ``layout_given``: the caller passed positions or separate kv segment ids (kernels take neither)."""
+    express the call replaced by ``blockwise`` (logged once). Raises for a kernel forced on the wrong backend."""
     backend = backend or jax.default_backend()
     if impl in KERNEL_BACKENDS and backend != KERNEL_BACKENDS[impl]:
         raise ValueError(f"attention impl={impl!r} (model.attention) needs a {KERNEL_BACKENDS[impl].upper()} "
@@ -68,10 +70,10 @@ def resolve_impl(impl: str, q, k, *, layout_given: bool, causal: bool, sliding_w
             long = max(q.shape[1], k.shape[1]) >= AUTO_BLOCKWISE_MIN_LENGTH
             return "blockwise" if long else "xla"
     if impl == "cudnn":
-        reason = _attention_cudnn.unsupported_reason(q, k, layout_given=layout_given, causal=causal,
+        reason = _attention_cudnn.unsupported_reason(q, k, causal=causal,
                                                      sliding_window=sliding_window, logit_softcap=logit_softcap)
     elif impl == "splash":
-        reason = _attention_splash.unsupported_reason(q, k, layout_given=layout_given)
+        reason = _attention_splash.unsupported_reason(q, k)
     else:
         reason = None
     if reason is not None:
@@ -129,6 +131,18 @@ def xla_attention(q, k, v, mask, *, logit_softcap=None, scale=None) -> jax.Array
     return out.reshape(B, K, G, T, Dh).transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
+def index_ordered(segment_ids, kv_segment_ids, q_positions, kv_positions) -> jax.Array:
+    """Scalar bool: the index-based masks of the kernels give this call's mask (rule above). True when
+    keys and queries carry the same ids and positions and, inside every segment, each position is
+    the previous one plus one (so index order and distance are position order and distance)."""
+    if segment_ids.shape != kv_segment_ids.shape:
+        return jnp.asarray(False)
+    same = jnp.all(segment_ids == kv_segment_ids) & jnp.all(q_positions == kv_positions)
+    inside = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
+    steps = jnp.where(inside, kv_positions[:, 1:] - kv_positions[:, :-1], 1)
+    return same & jnp.all(steps == 1)
+
+
 def attention(q, k, v, segment_ids=None, *, kv_segment_ids=None, q_positions=None, kv_positions=None,
               impl: str = "auto", causal: bool = True, sliding_window: int | None = None,
               logit_softcap: float | None = None, scale: float | None = None) -> jax.Array:
@@ -143,29 +157,37 @@ def attention(q, k, v, segment_ids=None, *, kv_segment_ids=None, q_positions=Non
     _check(q, k, v, segment_ids, kv_segment_ids, impl)
     B, T = q.shape[:2]
     S = k.shape[1]
-    layout_given = q_positions is not None or kv_positions is not None or kv_segment_ids is not None
     if segment_ids is None:
         segment_ids = jnp.ones((B, T), jnp.int32)
     if kv_segment_ids is None:
         if S != T:
             raise ValueError(f"kv_segment_ids is required when keys ({S}) and queries ({T}) differ in length")
         kv_segment_ids = segment_ids
-    impl = resolve_impl(impl, q, k, layout_given=layout_given, causal=causal,
-                        sliding_window=sliding_window, logit_softcap=logit_softcap)
-    if impl == "cudnn":
-        return _attention_cudnn.cudnn_attention(q, k, v, segment_ids, causal=causal,
-                                                sliding_window=sliding_window, scale=scale)
-    if impl == "splash":
-        return _attention_splash.splash_attention(q, k, v, segment_ids, causal=causal, sliding_window=sliding_window,
-                                                  logit_softcap=logit_softcap, scale=scale)
+    layout_given = q_positions is not None or kv_positions is not None or kv_segment_ids is not segment_ids
+    impl = resolve_impl(impl, q, k, causal=causal, sliding_window=sliding_window, logit_softcap=logit_softcap)
     if q_positions is None:
         q_positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     if kv_positions is None:
         kv_positions = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
-    if impl == "blockwise":
+
+    def blockwise(q, k, v):
         return blockwise_attention(q, k, v, segment_ids, kv_segment_ids, q_positions, kv_positions,
                                    causal=causal, sliding_window=sliding_window, logit_softcap=logit_softcap,
                                    scale=scale)
+
+    if impl in ("cudnn", "splash"):
+        if impl == "cudnn":
+            kernel = partial(_attention_cudnn.cudnn_attention, segment_ids=segment_ids, causal=causal,
+                             sliding_window=sliding_window, scale=scale)
+        else:
+            kernel = partial(_attention_splash.splash_attention, segment_ids=segment_ids, causal=causal,
+                             sliding_window=sliding_window, logit_softcap=logit_softcap, scale=scale)
+        if not layout_given:
+            return kernel(q, k, v)
+        ordered = index_ordered(segment_ids, kv_segment_ids, q_positions, kv_positions)
+        return jax.lax.cond(ordered, kernel, blockwise, q, k, v)
+    if impl == "blockwise":
+        return blockwise(q, k, v)
     mask = attention_mask(segment_ids, kv_segment_ids, q_positions, kv_positions, causal=causal,
                           sliding_window=sliding_window)
     return xla_attention(q, k, v, mask, logit_softcap=logit_softcap, scale=scale)

@@ -11,7 +11,8 @@ from jaxalign.ops import attention
 from jaxalign.ops._attention_blockwise import blockwise_attention
 from jaxalign.ops._attention_cudnn import segment_offsets
 from jaxalign.ops._attention_splash import splash_attention
-from jaxalign.ops.attention import AUTO_BLOCKWISE_MIN_LENGTH, resolve_impl
+from jaxalign.ops import _attention_splash
+from jaxalign.ops.attention import AUTO_BLOCKWISE_MIN_LENGTH, index_ordered, resolve_impl
 
 B, T, H, K, D = 2, 37, 4, 2, 8  # T not a multiple of the test blocks (8 queries, 16 keys)
 BQ, BK = 8, 16
@@ -119,6 +120,32 @@ def test_splash_kernel_interpret_mode_matches_xla_values_and_gradients():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=0, err_msg=f"d{name}")
 
 
+def test_index_ordered_accepts_packed_rows_only():
+    seg = jnp.asarray([[1, 1, 1, 2, 2, 0]], jnp.int32)
+    restart = jnp.asarray([[0, 1, 2, 0, 1, 0]], jnp.int32)  # the collator's positions
+    assert bool(index_ordered(seg, seg, restart, restart))
+    assert bool(index_ordered(seg, seg, _arange(1, 6), _arange(1, 6)))
+    gap = jnp.asarray([[0, 1, 3, 0, 1, 0]], jnp.int32)
+    assert not bool(index_ordered(seg, seg, gap, gap))
+    assert not bool(index_ordered(seg, seg.at[0, 4].set(3), restart, restart))
+
+
+def test_kernel_path_routes_explicit_unordered_positions_to_blockwise(monkeypatch):
+    """Forced splash on a (pretend) TPU, the kernel in interpret mode: positions with a gap inside a
+    segment and a sliding window, where the kernel's index-based window would be wrong."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    monkeypatch.setattr(_attention_splash, "splash_attention",
+                        lambda *a, **kw: splash_attention(*a, interpret=True, **kw))
+    q, k, v, _ = _inputs(4)
+    seg = _packed_ids()
+    pos = _arange(B, T).at[:, 5:].add(3)  # a gap of 3 inside the first segment of each row
+    got = jax.jit(lambda q, k, v: attention(q, k, v, seg, kv_segment_ids=seg, q_positions=pos, kv_positions=pos,
+                                            impl="splash", sliding_window=4))(q, k, v)
+    want = reference(q, k, v, seg, seg, pos, pos, window=4)
+    real = np.asarray(seg != 0)[..., None, None]
+    np.testing.assert_allclose(np.asarray(got) * real, want * real, atol=1e-5, rtol=0)
+
+
 def test_cudnn_segment_offsets_are_the_runs_of_equal_ids():
     offsets, lengths = segment_offsets(jnp.asarray([[1, 1, 2, 0], [5, 5, 5, 5]], jnp.int32))
     assert offsets.tolist() == [[0, 2, 3, 4, -1], [0, 4, -1, -1, -1]]
@@ -127,13 +154,14 @@ def test_cudnn_segment_offsets_are_the_runs_of_equal_ids():
 
 def test_dispatch_auto_and_kernel_fallbacks():
     short, long = jnp.zeros((1, 8, 4, 8)), jnp.zeros((1, AUTO_BLOCKWISE_MIN_LENGTH, 4, 8))
-    kw = dict(layout_given=False, causal=True, sliding_window=None, logit_softcap=None)
+    kw = dict(causal=True, sliding_window=None, logit_softcap=None)
     assert resolve_impl("auto", short, short, backend="cpu", **kw) == "xla"
     assert resolve_impl("auto", long, long, backend="cpu", **kw) == "blockwise"
     assert resolve_impl("auto", short.astype(jnp.bfloat16), short, backend="gpu", **kw) == "cudnn"
     assert resolve_impl("auto", short, short, backend="gpu", **kw) == "blockwise"  # cuDNN: no float32
     assert resolve_impl("auto", short, short, backend="tpu", **kw) == "splash"
-    assert resolve_impl("splash", short, short, backend="tpu", **{**kw, "layout_given": True}) == "blockwise"
+    cache = jnp.zeros((1, 32, 4, 8))
+    assert resolve_impl("splash", short, cache, backend="tpu", **kw) == "blockwise"  # decode shapes
 
 
 @pytest.mark.parametrize("impl, message", [("cudnn", "needs a GPU backend"), ("splash", "needs a TPU backend"),
