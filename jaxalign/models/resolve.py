@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's content, computed once per process for a given (path, size, mtime, inode)."""
+    """Hex SHA-256 of a file's content, computed once per process per file state: the memo key includes the
+    inode change time, which every write updates and ``utime`` cannot set back."""
     st = Path(path).stat()
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int, inode: int) -> str:
+def _sha256_cached(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(8 * 1024**2), b""):

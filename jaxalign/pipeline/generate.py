@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
+from jinja2.exceptions import TemplateError
 
 from jaxalign.config.schema import Config, GenerateModel, ModelSpec
 from jaxalign.data.errors import DataError
@@ -109,7 +110,11 @@ class PolicySampler:
         out = []
         for row in rows:
             chat = uses_chat_template(self.tokenizer, self.chat_setting, row["prompt"])
-            ids = encode_prompts(self.tokenizer, [row["prompt"]], chat_template=chat, add_bos=self.add_bos)[0]
+            try:
+                ids = encode_prompts(self.tokenizer, [row["prompt"]], chat_template=chat, add_bos=self.add_bos)[0]
+            except TemplateError as e:  # a template the sandbox refuses, or one that raises on these messages
+                raise DataError(f"{where}:row {row['prompt_id']}: the chat template of {self.key} {self.name!r} "
+                                f"failed ({type(e).__name__}: {e})") from None
             if len(ids) + self.max_new_tokens > limit:
                 raise DataError(
                     f"{where}:row {row['prompt_id']}: field 'prompt' has {len(ids)} tokens; with max_new_tokens="

@@ -72,3 +72,21 @@ def test_locate_across_files(write_jsonl, pairs):
 def test_missing_local_path_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_rows(str(tmp_path / "nope.jsonl"))
+
+
+def test_hub_dataset_revision_is_passed_to_datasets(monkeypatch):
+    import datasets
+
+    from jaxalign.data.sources import load_source
+
+    calls = []
+
+    def fake_load(name, split=None, data_files=None, revision=None):
+        calls.append((name, split, revision))
+        return datasets.Dataset.from_list([{"prompt": "p", "chosen": "a", "rejected": "b"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    source = load_source("org/prefs@3f2a1b", split="train")
+    assert calls == [("org/prefs", "train", "3f2a1b")] and source.name == "org/prefs@3f2a1b[train]"
+    load_source("org/prefs", split="test")
+    assert calls[-1] == ("org/prefs", "test", None)
