@@ -162,6 +162,10 @@ class LossConfig:
     nll_weight: float = 0.0
     """γ: weight of an NLL (SFT) term on the chosen responses added to the preference loss."""
 
+    router_aux_weight: float = 0.0
+    """Weight of the policy's mixture-of-experts router load-balancing loss (transformers' `aux_loss`, logged as
+    `router_aux_loss`) added to the loss of the LM-head objectives (sft, dpo, dadpo, rrhf, kto); 0 for dense models."""
+
     kto_desirable_weight: float = 1.0
     """KTO λ_D: weight of desirable examples."""
 
@@ -724,6 +728,7 @@ def validate(config: Config, stage: Optional[str] = None) -> Config:
             "(they cannot come from precomputed log-probs)"
         )
     _number("loss.nll_weight", loss.nll_weight, low=0)
+    _number("loss.router_aux_weight", loss.router_aux_weight, low=0)
     _number("loss.kto_desirable_weight", loss.kto_desirable_weight, low=0)
     _number("loss.kto_undesirable_weight", loss.kto_undesirable_weight, low=0)
     _number("loss.rrhf_nll_weight", loss.rrhf_nll_weight, low=0)

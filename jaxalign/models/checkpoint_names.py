@@ -2,9 +2,13 @@
 
 A rule maps one jaxalign parameter path to one HF tensor name: `{i}` marks a per-layer tensor that
 stacks into the leading layer axis, `{j}` a per-expert tensor stacking into the expert axis after
-it. HF stores linear weights `[out, in]`, jaxalign `[in, out]` (`transpose`). `rows` takes a slice
-of the HF tensor's first axis, for checkpoints that fuse several projections into one tensor
-(Phi-3's `qkv_proj`); saving concatenates the slices back in order.
+it. HF stores linear weights `[..., out, in]`, jaxalign `[..., in, out]` (`transpose` swaps the last
+two axes). `rows` takes a slice of the HF tensor's `out` axis (its first for a matrix), for
+checkpoints that fuse several projections into one tensor (Phi-3's `qkv_proj`, the fused
+`experts.gate_up_proj` `[E, 2F, D]` of MoE models); saving concatenates the slices back in order.
+`alt` names the same parameter in another layout transformers also writes (MoE experts: per
+expert by default, fused with `save_original_format=False`): loading reads it when the primary
+tensor is absent, saving always writes the primary.
 
 Each family owns its per-layer table (`Family.hf_layer_names`, usually built by `layer_rules` from a
 `{param: HF suffix}` dict); the embedding, final norm and heads are the same for every family here.
@@ -24,7 +28,8 @@ class TensorRule:
     param: str  # dotted attribute path in the jaxalign module, e.g. "layers.q_proj"
     hf: str  # HF tensor name; "{i}" = layer index, "{j}" = expert index
     transpose: bool = False
-    rows: tuple[int, int] | None = None  # [start, stop) of the HF tensor's first axis (fused tensors)
+    rows: tuple[int, int] | None = None  # [start, stop) of the HF tensor's out axis (fused tensors)
+    alt: "TensorRule | None" = None  # the same parameter in another checkpoint layout (loading only)
 
     @property
     def per_layer(self) -> bool:

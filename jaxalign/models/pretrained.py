@@ -56,9 +56,21 @@ def _stack_axes(rule: TensorRule) -> int:
     return int(rule.per_layer) + int(rule.per_expert)
 
 
+def _swap_last(seq) -> list:
+    """HF `[..., out, in]` <-> jaxalign `[..., in, out]` (of a shape or an index)."""
+    seq = list(seq)
+    seq[-2:] = seq[-2:][::-1]
+    return seq
+
+
+def _rows_axis(ndim: int) -> int:
+    """The axis `TensorRule.rows` slices in an HF tensor of rank `ndim`: its out axis."""
+    return max(ndim - 2, 0)
+
+
 def _hf_shape(rule: TensorRule, param_shape: tuple[int, ...]) -> tuple[int, ...]:
     shape = param_shape[_stack_axes(rule):]
-    return tuple(reversed(shape)) if rule.transpose else tuple(shape)
+    return tuple(_swap_last(shape)) if rule.transpose else tuple(shape)
 
 
 def _check_shapes(reader: SafetensorsReader, rule: TensorRule, names: list[str], expected: tuple[int, ...]):
@@ -66,8 +78,10 @@ def _check_shapes(reader: SafetensorsReader, rule: TensorRule, names: list[str],
         found = reader.shape(name)
         ok = found == expected
         if rule.rows is not None:  # a slice of a fused tensor: the rest of its shape must match
-            ok = len(found) == len(expected) and found[0] >= rule.rows[1] and found[1:] == expected[1:]
-            expected = (f">={rule.rows[1]}", *expected[1:])
+            r = _rows_axis(len(expected))
+            rest = lambda s: s[:r] + s[r + 1:]  # noqa: E731
+            ok = len(found) == len(expected) and found[r] >= rule.rows[1] and rest(found) == rest(tuple(expected))
+            expected = (*expected[:r], f">={rule.rows[1]}", *expected[r + 1:])
         if not ok:
             raise CheckpointError(
                 f"{reader.location[name]}: tensor {name!r} has shape {list(found)}, expected {list(expected)} "
@@ -84,12 +98,13 @@ def _read_param(reader: SafetensorsReader, rule: TensorRule, shape, dtype, shard
     _check_shapes(reader, rule, names, _hf_shape(rule, shape))
 
     def read_one(name, index):
-        hf_index = list(reversed(index)) if rule.transpose else list(index)
+        hf_index = _swap_last(index) if rule.transpose else list(index)
         if rule.rows is not None:
-            first = range(rule.rows[1] - rule.rows[0])[hf_index[0]]
-            hf_index[0] = slice(rule.rows[0] + first.start, rule.rows[0] + first.stop)
+            r = _rows_axis(len(hf_index))
+            part = range(rule.rows[1] - rule.rows[0])[hf_index[r]]
+            hf_index[r] = slice(rule.rows[0] + part.start, rule.rows[0] + part.stop)
         block = reader.read(name, tuple(hf_index))
-        return (block.T if rule.transpose else block).astype(np_dtype)
+        return (np.swapaxes(block, -1, -2) if rule.transpose else block).astype(np_dtype)
 
     def callback(index):
         if lead == 0:
@@ -101,6 +116,13 @@ def _read_param(reader: SafetensorsReader, rule: TensorRule, shape, dtype, shard
         return np.stack([np.stack([read_one(names[i * experts + j], index[2:]) for j in picked]) for i in layers])
 
     return jax.make_array_from_callback(tuple(shape), sharding, callback)
+
+
+def _layout_in(reader: SafetensorsReader, rule: TensorRule, shape) -> TensorRule:
+    """`rule`, or its `alt` (the same parameter in another layout) when the checkpoint holds that one."""
+    while rule.alt is not None and rule.names(shape[0] if rule.per_layer else 0, shape[1] if rule.per_expert else 0)[0] not in reader:
+        rule = rule.alt
+    return rule
 
 
 def model_class(head: str):
@@ -131,6 +153,7 @@ def load_model(
     known = set()
     for rule in rules_for(config, head):
         variable = _get(model, module_param_path(rule, head))
+        rule = _layout_in(reader, rule, tuple(variable.shape))
         sharding = param_sharding(variable, mesh)
         if rule.param == "score" and rule.hf not in reader:
             # A causal-LM checkpoint becoming a reward / difference model: fresh scalar head.
@@ -212,8 +235,8 @@ def model_tensors(model: Decoder | ScalarHeadModel, dtype: Any = None):
         for k, name in enumerate(rule.names(layers, experts)):
             index = (k // experts, k % experts) if rule.per_expert else ((k,) if rule.per_layer else ())
             parts = [_host(v[index]) for v in values]
-            parts = [p.T if rule.transpose else p for p in parts]
-            yield name, np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0))
+            parts = [np.swapaxes(p, -1, -2) if rule.transpose else p for p in parts]
+            yield name, np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, _rows_axis(parts[0].ndim)))
 
 
 def _write_weights(tensors, folder: Path, max_shard_bytes: int):

@@ -141,6 +141,16 @@ def _preference_forward(models: Models, batch: dict, ctx: ObjectiveContext):
     return both, k, policy
 
 
+def _with_router_aux(result: tuple[jax.Array, dict], policy: SequenceOutput, ctx: ObjectiveContext):
+    """Add `loss.router_aux_weight` x the policy's MoE load-balancing loss (metric `router_aux_loss`)
+    to an LM-head objective's `(loss, metrics)`: the one place every policy forward's aux reaches the loss."""
+    loss, metrics = result
+    w = ctx.loss.router_aux_weight
+    if w == 0:
+        return loss, metrics
+    return loss + w * policy.aux_loss, {**metrics, "router_aux_loss": policy.aux_loss}
+
+
 def _with_extra_terms(loss, metrics, models: Models, batch: dict, both: Sequences, policy: SequenceOutput,
                       teacher_out, ctx, totals: Totals):
     """Add the optional token-level KD and chosen-NLL terms (`composite_loss`), each a token mean
@@ -183,7 +193,7 @@ def dpo_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: To
     loss, metrics = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
                              weights=example_weights(batch, ctx, totals), example_mask=_slots(batch), chosen_lengths=lc,
                              rejected_lengths=lr)
-    return _with_extra_terms(loss, metrics, models, batch, both, policy, None, ctx, totals)
+    return _with_router_aux(_with_extra_terms(loss, metrics, models, batch, both, policy, None, ctx, totals), policy, ctx)
 
 
 def dadpo_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
@@ -195,7 +205,8 @@ def dadpo_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: 
     cfg = ctx.loss
     loss, metrics = dadpo_loss(pc, pr, rc, rr, tc, tr, beta_ref=cfg.beta_ref, beta_teacher=cfg.beta_teacher,
                                weights=example_weights(batch, ctx, totals), example_mask=_slots(batch))
-    return _with_extra_terms(loss, metrics, models, batch, both, policy, teacher_out, ctx, totals)
+    return _with_router_aux(_with_extra_terms(loss, metrics, models, batch, both, policy, teacher_out, ctx, totals),
+                            policy, ctx)
 
 
 def rrhf_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
@@ -203,8 +214,9 @@ def rrhf_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: T
     both, k, policy = _preference_forward(models, batch, ctx)
     pc, pr = split_pairs(policy.logps)
     lc, lr = split_pairs(policy.lengths)
-    return rrhf_loss(pc, pr, lc, lr, nll_weight=ctx.loss.rrhf_nll_weight, weights=example_weights(batch, ctx, totals),
-                     example_mask=_slots(batch), num_examples=totals["examples"])
+    return _with_router_aux(rrhf_loss(pc, pr, lc, lr, nll_weight=ctx.loss.rrhf_nll_weight,
+                                      weights=example_weights(batch, ctx, totals), example_mask=_slots(batch),
+                                      num_examples=totals["examples"]), policy, ctx)
 
 
 def sft_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
@@ -212,7 +224,8 @@ def sft_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: To
     seqs = Sequences.from_batch(batch)
     out = sequence_logps(models.policy, seqs, batch["example_mask"].shape[1], chunk_size=ctx.chunk_size, mesh=ctx.mesh)
     mask = batch["example_mask"].reshape(-1).astype(jnp.float32)
-    return sft_loss(out.logps.reshape(-1), out.lengths.reshape(-1) * mask, weights=mask, num_tokens=totals["tokens"])
+    return _with_router_aux(sft_loss(out.logps.reshape(-1), out.lengths.reshape(-1) * mask, weights=mask,
+                                     num_tokens=totals["tokens"]), out, ctx)
 
 
 def kto_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):
@@ -220,16 +233,17 @@ def kto_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: To
     0 when the reference log-probs are cached and no reference model is loaded."""
     totals = _totals(models, batch, ctx, totals)
     main = Sequences.from_batch(batch)
-    p_main = sequence_logps(models.policy, main, 1, chunk_size=ctx.chunk_size, mesh=ctx.mesh).logps.reshape(-1)
+    policy = sequence_logps(models.policy, main, 1, chunk_size=ctx.chunk_size, mesh=ctx.mesh)
+    p_main = policy.logps.reshape(-1)
     if "ref_logps" in batch and models.reference is None:
         r_main = batch["ref_logps"].reshape(-1)
     else:
         r_main = _frozen(models.reference, main, 1, ctx).logps.reshape(-1)
     z0 = safe_div(totals["kl_sum"], totals["examples"]) if "kl_sum" in totals else 0.0
     cfg = ctx.loss
-    return kto_loss(p_main, r_main, batch["label"].reshape(-1).astype(bool), beta=cfg.beta,
-                    desirable_weight=cfg.kto_desirable_weight, undesirable_weight=cfg.kto_undesirable_weight,
-                    weights=example_weights(batch, ctx, totals), kl_estimate=z0)
+    return _with_router_aux(kto_loss(p_main, r_main, batch["label"].reshape(-1).astype(bool), beta=cfg.beta,
+                                     desirable_weight=cfg.kto_desirable_weight, undesirable_weight=cfg.kto_undesirable_weight,
+                                     weights=example_weights(batch, ctx, totals), kl_estimate=z0), policy, ctx)
 
 
 def reward_model_objective(models: Models, batch: dict, ctx: ObjectiveContext, totals: Totals | None = None):

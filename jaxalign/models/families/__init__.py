@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 from typing import Any, Callable
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.models.config import ConfigError, ModelConfig
@@ -47,7 +48,10 @@ class Family:
     config_from_hf `(hf dict, source) -> ModelConfig` and config_to_hf `(config) -> dict` (the fields
     beyond `config.common_to_hf`); layer_params `(config) -> {name: ParamSpec}` per layer;
     layer `(config, kind, p, x, ctx, cache, cache_index) -> (x, (k, v), aux)` one decoder layer
-    (kind: the layer's entry of `config.layer_kinds`; aux: a scalar auxiliary loss, 0 for dense);
+    (kind: the layer's entry of `config.layer_kinds`; aux: the layer's auxiliary statistics, shaped
+    like `aux_zeros(config)`: a scalar loss, 0 for dense families); the decoder sums aux over layers
+    and `aux_loss(config, summed)` makes the scalar auxiliary loss (MoE load balancing is not a sum
+    of per-layer losses: its layers return statistics);
     hf_layer_names `(config) -> [TensorRule]` per-layer checkpoint names; rope_tables
     `(config) -> {name: inv_freq}`; final_norm `(x, w, eps)`; embed_scale `(config) -> float | None`
     (multiplies the embeddings); gguf: llama.cpp naming, if it has one.
@@ -64,6 +68,8 @@ class Family:
     rope_tables: Callable[[ModelConfig], dict[str, np.ndarray]] = default_rope_tables
     final_norm: Callable = rms_norm
     embed_scale: Callable[[ModelConfig], float | None] = lambda config: None
+    aux_zeros: Callable[[ModelConfig], Any] = lambda config: jnp.zeros((), jnp.float32)
+    aux_loss: Callable[[ModelConfig, Any], Any] = lambda config, aux: aux
     gguf: GGUFSpec | None = None
 
     def architecture(self, head: str) -> str:

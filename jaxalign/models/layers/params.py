@@ -49,5 +49,9 @@ VECTOR = (None,)  # norms and biases on the hidden dim (replicated: D floats)
 WIDE_VECTOR = ("tensor",)  # biases on a tensor-sharded dim
 EMBEDDING = ("tensor", "fsdp")  # [V, D]: vocab over `tensor`, as the vocab-parallel head expects
 SCALAR_HEAD = ("fsdp", None)  # [D, 1] reward / difference head
+ROUTER = ("fsdp", None)  # [D, E] mixture-of-experts router
+EXPERT_IN_OUT = ("fsdp", None, "tensor")  # [E, D, F] expert stacks: experts over `fsdp`, output over `tensor`
+EXPERT_OUT_IN = ("fsdp", "tensor", None)  # [E, F, D]: experts over `fsdp`, input over `tensor`
 SHARDING_PLAN = {"in_out": IN_OUT, "out_in": OUT_IN, "vector": VECTOR, "wide_vector": WIDE_VECTOR,
-                 "embedding": EMBEDDING, "scalar_head": SCALAR_HEAD}
+                 "embedding": EMBEDDING, "scalar_head": SCALAR_HEAD, "router": ROUTER,
+                 "expert_in_out": EXPERT_IN_OUT, "expert_out_in": EXPERT_OUT_IN}
