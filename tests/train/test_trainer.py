@@ -3,19 +3,31 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxalign.cli.main import main
 from jaxalign.config import load_config
-from jaxalign.train.trainer import train
+from jaxalign.train.trainer import NonFiniteLossError, Trainer, train
+from tests.conftest import fast_compiles
+from tests.train.conftest import tiny_overrides
 
 LEARN = ["train.steps=20", "optimizer.lr=1e-3", "optimizer.schedule=constant", "loss.beta=0.5"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles(tmp_path_factory):
+    """Compile-bound (a train step per test): cheaper XLA optimisation and a compilation cache
+    shared by the runs of identical steps; restored afterwards."""
+    with fast_compiles(tmp_path_factory):
+        yield
 
 
 def test_dpo_learns_a_synthetic_preference(tiny_dpo_overrides):
@@ -25,17 +37,24 @@ def test_dpo_learns_a_synthetic_preference(tiny_dpo_overrides):
     assert result.compiles == 1
 
 
-@pytest.mark.parametrize("mesh", [("8", "1", "1"), ("2", "2", "2")])
-def test_sharded_runs_match_one_device(tiny_dpo_overrides, tmp_path, mesh):
-    def losses(data, fsdp, tensor, out):
-        cfg = load_config("configs/tiny_dpo.yaml", tiny_dpo_overrides + LEARN + [
-            f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}", f"train.output_dir={tmp_path / out}",
-            "eval_data=null", "checkpoint.resume=false"])
-        return np.array(train(cfg).losses)
+def _mesh_losses(overrides, out, data, fsdp, tensor):
+    cfg = load_config("configs/tiny_dpo.yaml", overrides + LEARN + [
+        f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}", f"train.output_dir={out}",
+        "eval_data=null", "checkpoint.resume=false"])
+    return np.array(train(cfg).losses)
 
-    one = losses(1, 1, 1, "one")
-    many = losses(*mesh, "many")
-    np.testing.assert_allclose(many, one, rtol=0, atol=1e-5)
+
+@pytest.fixture(scope="module")
+def one_device_losses(preference_data, byte_tokenizer_dir, tmp_path_factory):
+    """The one-device run, computed once for every mesh it is compared with."""
+    out = tmp_path_factory.mktemp("one_device")
+    return _mesh_losses(tiny_overrides(preference_data, byte_tokenizer_dir, out), out, 1, 1, 1)
+
+
+@pytest.mark.parametrize("mesh", [("8", "1", "1"), ("2", "2", "2")])
+def test_sharded_runs_match_one_device(tiny_dpo_overrides, tmp_path, mesh, one_device_losses):
+    many = _mesh_losses(tiny_dpo_overrides, tmp_path / "many", *mesh)
+    np.testing.assert_allclose(many, one_device_losses, rtol=0, atol=1e-5)
 
 
 def test_grad_accumulation_matches_full_batch(tiny_dpo_overrides, tmp_path):
@@ -111,8 +130,66 @@ def test_batch_not_divisible_by_data_axes(tiny_dpo_overrides, capsys):
 
 
 def test_teacher_with_another_vocabulary_is_refused(tiny_dpo_overrides, tmp_path, capsys):
-    args = ["train", "configs/tiny_dpo.yaml", *tiny_dpo_overrides, "loss.name=dadpo", "teacher.preset=bench-llama-4x512",
+    """A tiny teacher checkpoint whose vocabulary (400) is not the student's (320)."""
+    from jaxalign.config.presets import preset_hf_config
+    from jaxalign.models import ModelConfig, init_model, save_pretrained
+    from tests.conftest import _byte_tokenizer
+
+    teacher = init_model(ModelConfig.from_hf_dict({**preset_hf_config("tiny"), "vocab_size": 400}))
+    save_pretrained(teacher, _byte_tokenizer(), tmp_path / "teacher")
+    args = ["train", "configs/tiny_dpo.yaml", *tiny_dpo_overrides, "loss.name=dadpo", f"teacher.path={tmp_path / 'teacher'}",
             f"train.output_dir={tmp_path / 'r'}"]
     assert main(args) == 2
     assert "teacher and student must share a tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------- non-finite stop
+def _short(tiny_dpo_overrides, tmp_path, *extra):
+    return load_config("configs/tiny_dpo.yaml", tiny_dpo_overrides + [
+        "mesh.data=1", "eval_data=null", "train.log_every=1", f"train.output_dir={tmp_path / 'r'}", *extra])
+
+
+def test_nonfinite_loss_stops_the_run(tiny_dpo_overrides, tmp_path):
+    """An absurd learning rate blows the parameters up after one update: step 2's loss is NaN."""
+    cfg = _short(tiny_dpo_overrides, tmp_path, "train.steps=5", "optimizer.lr=1e30", "optimizer.max_grad_norm=0")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan at step 2; batch rows: .*last good checkpoint: none"):
+        train(cfg)
+
+
+def test_nonfinite_gradient_norm_stops_the_run(tiny_dpo_overrides, tmp_path):
+    """A finite loss with a NaN gradient norm (injected at step 3) stops the run too."""
+    trainer = Trainer(_short(tiny_dpo_overrides, tmp_path, "train.steps=5"))
+    step = trainer.train_step
+
+    def poisoned(state, frozen, batch):
+        index = int(state["step"])  # read before the step donates `state`
+        new_state, metrics = step(state, frozen, batch)
+        return new_state, {**metrics, "grad_norm": metrics["grad_norm"] * (jnp.nan if index == 2 else 1.0)}
+
+    trainer.train_step = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient norm nan \(loss 0\.\d+\) at step 3"):
+        trainer.run()
+
+
+def test_nonfinite_values_do_not_stop_when_disabled(tiny_dpo_overrides, tmp_path):
+    cfg = _short(tiny_dpo_overrides, tmp_path, "train.steps=3", "optimizer.lr=1e30", "optimizer.max_grad_norm=0",
+                 "train.stop_on_nonfinite=false")
+    losses = train(cfg).losses
+    assert len(losses) == 3 and math.isfinite(losses[0]) and not math.isfinite(losses[-1])
+
+
+# ----------------------------------------------------------------------------- periodic checkpoints
+def test_periodic_checkpoints_and_resume_from_one(tiny_dpo_overrides, tmp_path):
+    """checkpoint.every=2 saves steps 2, 4, 6; a run that died after step 3 (only 2 on disk)
+    resumes from step 2 and repeats steps 3..6 exactly."""
+    cfg = _short(tiny_dpo_overrides, tmp_path, "train.steps=6", "optimizer.lr=1e-3", "checkpoint.every=2",
+                 "checkpoint.keep=10")
+    full = train(cfg).losses
+    ckpts = tmp_path / "r" / "checkpoints"
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [2, 4, 6]
+    for step in (4, 6):  # as if the job had died during step 4
+        shutil.rmtree(ckpts / str(step))
+    resumed = train(cfg)
+    assert resumed.steps == 6 and len(resumed.losses) == 4
+    np.testing.assert_allclose(resumed.losses, full[2:], rtol=0, atol=1e-6)
