@@ -167,6 +167,7 @@ def test_nonfinite_gradient_norm_stops_the_run(tiny_dpo_overrides, tmp_path):
         new_state, metrics = step(state, frozen, batch)
         return new_state, {**metrics, "grad_norm": metrics["grad_norm"] * (jnp.nan if index == 2 else 1.0)}
 
+    poisoned._cache_size = step._cache_size  # what the run reports at its end
     trainer.train_step = poisoned
     with pytest.raises(NonFiniteLossError, match=r"non-finite gradient norm nan \(loss 0\.\d+\) at step 3"):
         trainer.run()
