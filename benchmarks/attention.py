@@ -4,7 +4,8 @@ For each T: compiled temp memory (XLA ``memory_analysis``, nothing executed) and
 time of the jitted forward+backward (``value_and_grad`` of the output sum, w.r.t. q, k, v), both
 implementations in the same process, so the ratio ``xla / blockwise`` is what to read (the machine
 may be shared). Inputs: one row of ``--segments`` equal packed causal segments (1: plain causal, where
-blockwise skips only the upper blocks), 8 query heads, 2 KV heads, Dh 64, float32. The smallest T where blockwise is at least as fast as xla is what
+blockwise skips only the upper blocks), 8 query heads, 2 KV heads, Dh 64, float32. The smallest T
+from which blockwise is at least as fast as xla is what
 ``jaxalign.ops.attention.AUTO_BLOCKWISE_MIN_LENGTH`` is set from (memory always favours blockwise).
 
     .venv/bin/python benchmarks/attention.py [--lengths 256 512 1024 2048 4096] [--reps 3]
@@ -76,7 +77,8 @@ def main():
     print(f"backend {jax.default_backend()}, load average {os.getloadavg()[0]:.2f}; B=1 H={H} K={K} Dh={D} float32, "
           f"{args.segments} packed causal segment(s); blocks {args.block_q}x{args.block_k}; "
           f"AUTO_BLOCKWISE_MIN_LENGTH={AUTO_BLOCKWISE_MIN_LENGTH}")
-    print(f"{'T':>6} {'xla temp MiB':>13} {'bw temp MiB':>12} {'mem x':>7} {'xla s':>8} {'bw s':>8} {'xla/bw time':>12}")
+    print(f"{'T':>6} {'xla temp MiB':>13} {'bw temp MiB':>12} {'mem x':>7} {'xla s':>8} {'bw s':>8} "
+          f"{'xla/bw time':>12}")
     fns = loss_fns(args.block_q, args.block_k)
     ratios = {}
     for t in sorted(args.lengths) + sorted(args.memory_only):

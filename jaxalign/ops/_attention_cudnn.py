@@ -10,9 +10,10 @@ left sliding window that cuDNN applies inside each segment.
 What cuDNN cannot express (``unsupported_reason``): float32 inputs, logit soft-capping, keys of
 another length than the queries (decode/cache shapes), a sliding window without causal masking
 (cuDNN's window is left-only). cuDNN masks by index inside each segment; ``attention`` routes calls
-whose positions are not index-ordered to blockwise at run time. Padding runs (id 0) become segments of their own: their queries attend among
-themselves, which callers ignore, and no real query sees them. Not yet run on a GPU from this
-repository: ``benchmarks/gpu_check.py`` compares it with ``"xla"`` on packed rows.
+whose positions are not index-ordered to blockwise at run time. Padding runs (id 0) become segments
+of their own: their queries attend among themselves, which callers ignore, and no real query sees
+them. Not yet run on a GPU from this repository: ``benchmarks/gpu_check.py --issue10`` compares it
+with ``"xla"`` on packed rows.
 """
 
 from __future__ import annotations

@@ -190,7 +190,8 @@ def _build_step(config: Config, mesh, *, cached: tuple[str, ...], rows: int, gra
     counts, matmul = {"policy": count(s_pol)}, {"policy": matmul_params(s_pol, c_pol)}
     if needs_model(spec, "reference", config.loss, cols):
         if config.reference.path or config.reference.preset:
-            g, s, c = abstract_model(config.reference, "reference", layers=layers.get("reference"), layer_loop=layer_loop)
+            g, s, c = abstract_model(config.reference, "reference", layers=layers.get("reference"),
+                                     layer_loop=layer_loop)
         else:  # the trainer copies the policy's initial weights
             g, s, c = g_pol, s_pol, c_pol
         graphdefs["reference"], frozen["reference"] = g, place(s, mesh)
@@ -316,7 +317,8 @@ def suggest(plan: TrainPlan, budget_bytes: float) -> list[str]:
                    f"{per['temp'] / GIB:.1f} GiB) shrink to one layer's plus the layer inputs")
     for k in (2, 4, 8):
         micro = s["batch_size"] // (s["grad_accum_steps"] * k)
-        if micro >= 1 and s["batch_size"] % (s["grad_accum_steps"] * k) == 0 and micro % (mesh["data"] * mesh["fsdp"]) == 0:
+        divides = s["batch_size"] % (s["grad_accum_steps"] * k) == 0
+        if micro >= 1 and divides and micro % (mesh["data"] * mesh["fsdp"]) == 0:
             est = total - per["temp"] + per["temp"] / k
             out.append(f"optimizer.grad_accum_steps={s['grad_accum_steps'] * k}: temp scales about 1/{k} "
                        f"-> ~{est / GIB:.1f} GiB per device ({fits(est)})")
@@ -372,8 +374,9 @@ def format_plan(plan: TrainPlan, budget_gb: float | None = None) -> str:
     lines.append(f"compile {plan.compile_seconds:.0f} s, FLOPs compiles {plan.flops_seconds:.0f} s")
     if budget_gb is not None:
         if per["total"] <= budget_gb * GIB:
-            lines.append(f"fits the {budget_gb:g} GB budget ({per['total'] / GIB:.1f} GiB)")
+            lines.append(f"fits the {budget_gb:g} GiB budget ({per['total'] / GIB:.1f} GiB)")
         else:
-            lines.append(f"over the {budget_gb:g} GB budget ({per['total'] / GIB:.1f} GiB); what would fit (estimates):")
+            lines.append(f"over the {budget_gb:g} GiB budget ({per['total'] / GIB:.1f} GiB); "
+                         "what would fit (estimates):")
             lines += [f"  - {x}" for x in plan.suggestions]
     return "\n".join(lines)

@@ -46,8 +46,8 @@ def test_cli_plan_json_per_device_bytes_are_the_shards_of_the_arrays(shapes, cap
 
 
 def test_cached_teacher_drops_its_weights_and_budget_advice(shapes):
-    config = load_config("configs/dadpo.yaml", [f"model.path={shapes / 'student'}", f"teacher.path={shapes / 'teacher'}",
-                                                *STEP_OVERRIDES, "mesh.fsdp=2"])
+    models = [f"model.path={shapes / 'student'}", f"teacher.path={shapes / 'teacher'}"]
+    config = load_config("configs/dadpo.yaml", [*models, *STEP_OVERRIDES, "mesh.fsdp=2"])
     plan = plan_train(config, devices=2, cached=("teacher",), flops=False)
     assert set(plan.param_counts) == {"policy", "reference"}
     assert plan.per_device_bytes["frozen"] == pytest.approx(plan.per_device_bytes["params"], rel=0.01)
