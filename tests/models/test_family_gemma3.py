@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
+from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
-from jaxalign.models import load_model, prune_layers, save_pretrained
+from jaxalign.models import ModelConfig, load_model, prune_layers, save_pretrained
 from tests.models.family_checks import (
     check_dpo_step,
     check_greedy_generation_equals_argmax_loop,
@@ -57,3 +59,22 @@ def test_pruned_model_keeps_layer_kinds_and_loads_in_transformers(checkpoint, tm
     with torch.no_grad():
         theirs = hf_model(tmp_path / "pruned")(torch.from_numpy(ids).long()).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_config_keys_of_older_files_read_like_transformers():
+    """Pre-5 files (`rope_theta` + `rope_scaling` for the global layers, `rope_local_base_freq`, no
+    `layer_types`) give the RoPE tables transformers computes and its default 5:1 pattern; writing
+    the config back and reading it again changes nothing."""
+    old = {k: v for k, v in TINY.items() if k != "rope_parameters"}
+    old.update(rope_theta=5000.0, rope_scaling={"rope_type": "linear", "factor": 8.0}, rope_local_base_freq=100.0,
+               num_hidden_layers=8, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+               architectures=["Gemma3ForCausalLM"], model_type="gemma3_text")
+    ours = ModelConfig.from_hf_dict(old)
+    assert ours.layer_kinds == KINDS[:6] + KINDS[:2]  # every 6th layer global
+    hf = transformers.Gemma3TextConfig(**{k: v for k, v in old.items() if k not in ("architectures", "model_type")})
+    rotary = Gemma3RotaryEmbedding(hf)
+    tables = ours.family.rope_tables(ours)
+    np.testing.assert_array_equal(tables["local"], rotary.sliding_attention_inv_freq.numpy())
+    np.testing.assert_array_equal(tables["global"], rotary.full_attention_inv_freq.numpy())
+    assert ModelConfig.from_hf_dict(hf.to_dict() | {"architectures": ["Gemma3ForCausalLM"]}) == ours
+    assert ModelConfig.from_hf_dict(ours.to_hf_dict()) == ours
