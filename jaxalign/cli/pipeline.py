@@ -2,14 +2,16 @@
 
 Without CONFIG it runs the main job shipped with jaxalign (SmolLM2-135M-Instruct
 teacher, a 20%-pruned student, daDPO on the shipped prompts, before/after
-evaluation). Finished stages are skipped, so rerunning continues a run.
+evaluation). A stage is skipped when its output exists and the provenance recorded with it
+matches the stage's config and inputs; a longer train.steps resumes training; any other change
+moves the old output aside (NAME.replaced-N) and reruns the stage, saying why.
 """
 
 from __future__ import annotations
 
 from jaxalign.cli._stage import add_config_args, split_args
 
-HELP = "run the stages of a recipe (prune, generate, score, train, eval) in order, skipping finished ones"
+HELP = "run the stages of a recipe (prune, generate, score, train, eval) in order, skipping those whose output matches"
 
 
 def add_parser(p):
