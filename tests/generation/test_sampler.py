@@ -62,9 +62,23 @@ def test_top_k_and_top_p_restrict_the_support():
 
 
 def test_chat_prompts_and_text_decoding(tiny_hf_checkpoint):
+    """`generate` = the chat template / BOS layout, greedy full-sequence decoding, EOS dropped, decoded."""
+    from jaxalign.generation import encode_prompts
+
     model, tokenizer = load_pretrained(tiny_hf_checkpoint("llama_gqa"))
-    texts = generate(model, tokenizer, [[{"role": "user", "content": "hi"}], "plain text"], max_new_tokens=5, temperature=0)
-    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    prompts = [[{"role": "user", "content": "hi"}], "plain text"]
+    texts = generate(model, tokenizer, prompts, max_new_tokens=5, temperature=0)
+    encoded = encode_prompts(tokenizer, prompts)
+    chat = tokenizer.apply_chat_template(prompts[0], add_generation_prompt=True, tokenize=False)
+    assert tokenizer.decode(encoded[0]) == chat and chat.endswith("<|assistant|>")
+    assert encoded[1] == [tokenizer.bos_token_id] + tokenizer("plain text", add_special_tokens=False)["input_ids"]
+    eos = set(model.config.eos_token_ids)
+    expected = []
+    for ids in encoded:
+        new = _full_sequence_greedy(model, ids, 5)
+        new = new[: next((i + 1 for i, t in enumerate(new) if t in eos), len(new))]  # generation stops at EOS
+        expected.append(tokenizer.decode([t for t in new if t not in eos], skip_special_tokens=True))
+    assert texts == expected and any(texts), texts
 
 
 def test_prompt_longer_than_context_is_refused(model):
