@@ -27,11 +27,12 @@ def checkpoint(request, tmp_path_factory):
     return make_hf_checkpoint(tmp_path_factory.mktemp(request.param), "Gemma2Config", **TINY, **CASES[request.param])
 
 
-def test_logits_generation_and_dpo_step(checkpoint):
+def test_logits_generation_and_dpo_step(checkpoint, request):
     model = check_logits_match_transformers(checkpoint, length=19)
     assert model.config.layer_kinds == ("sliding_attention", "full_attention") * 2 + ("sliding_attention",)
-    check_greedy_generation_equals_argmax_loop(model, new_tokens=8)
-    check_dpo_step(model)
+    if request.node.callspec.params["checkpoint"] == "tied":  # the variant only changes what the logits show
+        check_greedy_generation_equals_argmax_loop(model, new_tokens=8)
+        check_dpo_step(model)
 
 
 def test_save_round_trip_is_bitwise(checkpoint, tmp_path):
