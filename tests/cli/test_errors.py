@@ -1,12 +1,12 @@
 """Every bad input of ``benchmarks/bad_inputs.py`` through the CLI's ``main`` in-process: exit code 2
 (0 where the input is fine), one error line and no traceback, and nothing created, changed or deleted.
 
-Cases that need a non-root user (read-only folders), a shell pipe, or the fixtures made by real
-score/generate/train runs are covered by the script itself and by tests/train/test_integrity.py,
-tests/pipeline/test_generate.py and tests/pipeline/test_score.py."""
+Cases that need a shell pipe or the fixtures made by real score/generate/train runs are covered by
+the script itself and by tests/train/test_integrity.py, tests/pipeline/test_generate.py and
+tests/pipeline/test_score.py."""
 
+import contextlib
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -21,8 +21,7 @@ bad = importlib.util.module_from_spec(_spec)
 sys.modules["bad_inputs"] = bad  # dataclasses resolve the module's annotations through sys.modules
 _spec.loader.exec_module(bad)
 
-CASES = [c for c in bad.CASES if not c.needs_derived and not c.pipe_to_head
-         and not (c.read_only_dir and os.geteuid() == 0)]
+CASES = [c for c in bad.CASES if not c.needs_derived and not c.pipe_to_head]
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +40,16 @@ def test_at_least_forty_cases_cover_every_command():
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, fixtures, tmp_path, capsys, monkeypatch):
     case_dir = tmp_path / "case"
     case_dir.mkdir()
-    if case.read_only_dir:
-        (case_dir / "ro").mkdir()
-        (case_dir / "ro").chmod(0o555)
-    if case.setup:
-        case.setup(fixtures, case_dir)
-    argv = case.argv(fixtures, case_dir)
     monkeypatch.chdir(bad.REPO)
     monkeypatch.setenv("JAXALIGN_CACHE", str(fixtures / "cache"))
-    with output_lock(case_dir / case.lock.rstrip("/"), key="other", directory=case.lock.endswith("/")) if case.lock \
-            else _nothing():  # another writer holds the output for the whole case
+    with contextlib.ExitStack() as stack:
+        if case.read_only_dir:  # a read-only tmpfs mount for root, else mode 555
+            stack.enter_context(bad.read_only_folder(case_dir / "ro"))
+        if case.setup:
+            case.setup(fixtures, case_dir)
+        argv = case.argv(fixtures, case_dir)
+        if case.lock:  # another writer holds the output for the whole case
+            stack.enter_context(output_lock(case_dir / case.lock.rstrip("/"), key="other", directory=case.lock.endswith("/")))
         before = bad.snapshot(fixtures, case_dir)
         try:
             rc = main(argv)
@@ -63,14 +62,6 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, fixtures, tmp_pat
     errors = [line for line in err.splitlines() if ": error:" in line]
     assert len(errors) == 1 and len(errors[0]) > len("jaxalign x: error: ") + 10, err
     assert bad.left_behind(before, after, fixtures.parent) == "-"
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_version_and_traceback_switch(capsys, monkeypatch, tmp_path):
