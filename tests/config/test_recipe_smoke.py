@@ -1,12 +1,15 @@
-"""Every training recipe in configs/ trains for 3 steps on a tiny random model and its loss moves.
+"""Every training recipe in configs/ trains for 3 steps on a tiny random model, its loss goes
+down and (for the preference objectives) its reward margin goes up.
 
 The recipes name real checkpoints (hub ids, runs/*/hf exports), bfloat16 and full remat;
 here those are overridden (model.preset=tiny, float32, no remat, the byte-level test
 tokenizer, a tiny teacher preset for daDPO) and each recipe gets the data format it
 trains on, written to a temporary folder. Everything else (loss, task, RDO settings)
-is the recipe's own.
+is the recipe's own. One batch holds all 16 rows (KTO's 32 examples: two batches), so the
+loss must fall; a margin that falls would mean an objective training the wrong way.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -20,6 +23,9 @@ from tests.train.conftest import synthetic_preferences, write_jsonl
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPES = ["sft", "dsft", "dpo", "ddpo", "dadpo", "kto", "rrhf", "reward_model", "difference_model",
            "rdo_dpo", "rdo_kto", "rdo_rrhf"]
+#: recipes whose loss is not monotone over 3 Adam steps at lr 1e-3 (difference_model's graded regression
+#: measured 1.393, 1.436, 1.401): only the direction of their reward margin is checked
+NOT_MONOTONE = {"difference_model"}
 #: recipe -> the data file it trains on (see `data_files`)
 DATA = {"sft": "sft", "dsft": "sft", "difference_model": "graded", "rdo_dpo": "rdo", "rdo_kto": "rdo", "rdo_rrhf": "rdo"}
 
@@ -65,7 +71,7 @@ def smoke_overrides(recipe: str, data: Path, tokenizer: Path, out: Path) -> list
     teacher = _tiny("teacher") if config.teacher.is_set() else []
     return [
         *_tiny("model"), f"model.tokenizer={tokenizer}", *teacher, f"data.path={data}", "eval_data=''",
-        "data.batch_size=4", "data.max_length=128", "data.max_prompt_length=48", "data.buckets=[128]",
+        "data.batch_size=16", "data.shuffle=false", "data.max_length=128", "data.max_prompt_length=48", "data.buckets=[128]",
         "train.epochs=0", "train.steps=3", "train.log_every=1", "train.export_hf=false", f"train.output_dir={out}",
         "optimizer.lr=1e-3", "optimizer.warmup_steps=0", "optimizer.schedule=constant", "checkpoint.every=0",
         "checkpoint.async_save=false", "checkpoint.resume=false", "logging.tensorboard=false",
@@ -81,7 +87,13 @@ def test_recipe_trains_on_a_tiny_model(recipe, data_files, tokenizer_dir, tmp_pa
     result = train(config)
     losses = result.losses
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses), losses
-    assert abs(losses[-1] - losses[0]) > 1e-5, f"{recipe}: the loss did not move: {losses}"
+    if recipe not in NOT_MONOTONE:
+        assert losses[-1] < losses[0] - 1e-4, f"{recipe}: the loss did not fall: {losses}"
+    rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    margins = [r["rewards/margins"] for r in sorted(rows, key=lambda r: r["step"]) if r["split"] == "train"
+               and "rewards/margins" in r]
+    if config.loss.name != "sft":
+        assert len(margins) == 3 and margins[-1] > margins[0], f"{recipe}: the reward margin did not grow: {margins}"
 
 
 def test_every_training_recipe_is_covered():
