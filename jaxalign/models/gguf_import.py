@@ -112,9 +112,10 @@ def _compile_table(table):
 
 
 def _map_tensor_name(gguf_name: str, extra: tuple = ()) -> tuple[str, str | None, int | None] | None:
-    """GGUF tensor name -> (HF name, transform, block index), or None if the table (the common one plus
-    a family's `extra` (GGUF name, HF name) rows) has no entry."""
-    table = TENSOR_NAME_TABLE + tuple((g, h, None) for g, h in extra)
+    """GGUF tensor name -> (HF name, transform, block index), or None if the table (a family's `extra`
+    (GGUF name, HF name) rows, which win, then the common one) has no entry. Phi-3's `ffn_up` is the
+    fused gate_up, not the common `up_proj`."""
+    table = tuple((g, h, None) for g, h in extra) + TENSOR_NAME_TABLE
     for regex, hf_pat, transform in _compile_table(table):
         m = regex.match(gguf_name)
         if m is not None:
@@ -298,7 +299,10 @@ def _expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
             shape = specs[rule.param.split(".", 1)[1]].shape
             shape = tuple(reversed(shape)) if rule.transpose else shape
             for name in rule.names(config.num_layers):
-                shapes[name] = shape
+                if rule.rows is None:
+                    shapes[name] = shape
+                else:  # a slice of a fused tensor, which spans every slice's rows
+                    shapes[name] = (max(rule.rows[1], shapes.get(name, (0,))[0]), *shape[1:])
     return shapes
 
 

@@ -46,7 +46,11 @@ def rope_cos_sin(positions: jnp.ndarray, inv_freq: np.ndarray) -> tuple[jnp.ndar
 
 
 def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-    """Rotate `x` `[B, T, heads, head_dim]` by cos/sin `[B, T, head_dim]`; math in float32."""
+    """Rotate `x` `[B, T, heads, head_dim]` by cos/sin `[B, T, rot]`; math in float32. With
+    rot < head_dim (partial rotary, Phi-3's `partial_rotary_factor`) only the first `rot` dims turn."""
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return jnp.concatenate([apply_rope(x[..., :rot], cos, sin), x[..., rot:]], axis=-1)
     half = x.shape[-1] // 2
     xf = x.astype(jnp.float32)
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
