@@ -60,6 +60,25 @@ def default_positions(segment_ids: jax.Array) -> jax.Array:
     return (idx - start_idx).astype(jnp.int32)
 
 
+def constrain_rows(x: jax.Array) -> jax.Array:
+    """Pin activations `[B, ...]` to rows sharded over the context mesh's batch axes (`data`, `fsdp`).
+
+    Without it, GSPMD may keep the weights sharded and all-gather the activations inside the layer
+    scan (every device then computes on the whole batch); with it, FSDP gathers weights, as it should.
+    A no-op outside `jax.set_mesh`, or when the rows do not divide over those axes.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    shards = 1
+    for a in axes:
+        shards *= mesh.shape[a]
+    if not axes or x.shape[0] % shards:
+        return x
+    return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes))
+
+
 def layer_period(kinds: tuple[str, ...]) -> int:
     """Smallest p with kinds[i] == kinds[i % p] for every layer (1 for uniform models, 2 for Gemma 2's
     alternation, 6 for Gemma 3's 5:1; len(kinds) when there is no repetition, e.g. after pruning)."""
@@ -136,11 +155,12 @@ class Decoder(nnx.Module):
             x, aux = carry
             kvs = []
             for j, kind in enumerate(block_kinds):
+                x = constrain_rows(x)
                 x, kv, a = family.layer(config, kind, {k: v[j] for k, v in p.items()}, x, ctx)
                 aux = aux + a
                 kvs.append(kv if return_kv else None)
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *kvs) if return_kv else None
-            return (x, aux), stacked
+            return (constrain_rows(x), aux), stacked
 
         def checkpointed(block_kinds):
             fn = lambda carry, p: run_block(carry, p, block_kinds)  # noqa: E731
