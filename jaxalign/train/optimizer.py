@@ -76,3 +76,19 @@ def build_optimizer(cfg: OptimizerConfig, total_steps: int, params=None) -> tupl
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     return tx, schedule
 
+
+def optimizer_state_shardings(tx: optax.GradientTransformation, params, replicated):
+    """Shardings of `tx.init(params)`: parameter-shaped leaves (Adam's moments, Adafactor's factors
+    when they keep the parameter's shape) sharded like their parameters, the rest `replicated`.
+    `jax.jit(tx.init)` alone leaves every leaf replicated: zeros do not inherit the parameters' layout."""
+    shapes = jax.eval_shape(tx.init, params)
+
+    def like(leaf, param):
+        return param.sharding if leaf.shape == param.shape else replicated
+
+    return optax.tree_map_params(tx, like, shapes, params, transform_non_params=lambda _: replicated)
+
+
+def init_optimizer_state(tx: optax.GradientTransformation, params, replicated):
+    """`tx.init(params)`, each leaf placed as `optimizer_state_shardings` says."""
+    return jax.jit(tx.init, out_shardings=optimizer_state_shardings(tx, params, replicated))(params)

@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -38,7 +37,7 @@ from jaxalign.parallel.distributed import batch_sharding
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.parallel.sharding import param_name, param_sharding
 from jaxalign.train.objectives import ObjectiveContext, get_objective, needs_model
-from jaxalign.train.optimizer import build_optimizer, frozen_mask
+from jaxalign.train.optimizer import build_optimizer, frozen_mask, optimizer_state_shardings
 from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 
 #: Precomputed log-prob columns that stand in for a frozen model (``jaxalign score`` writes them).
@@ -128,15 +127,9 @@ def matmul_params(state, config: ModelConfig) -> int:
 
 
 def optimizer_state(tx, params, replicated):
-    """Abstract optimizer state whose parameter-shaped leaves (Adam's moments) are sharded like their
-    parameters, the rest replicated. (``jax.jit(tx.init)`` alone leaves every leaf replicated: zeros
-    do not inherit the parameters' sharding.)"""
+    """Abstract optimizer state, sharded as the trainer places it (`optimizer_state_shardings`)."""
     shapes = jax.eval_shape(tx.init, params)
-
-    def like(leaf, param):
-        return param.sharding if leaf.shape == param.shape else replicated
-
-    shardings = optax.tree_map_params(tx, like, shapes, params, transform_non_params=lambda _: replicated)
+    shardings = optimizer_state_shardings(tx, params, replicated)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 

@@ -28,7 +28,7 @@ from jaxalign.train.build import build_model, build_model_config, build_tokenize
 from jaxalign.train.checkpointing import Checkpointer
 from jaxalign.train.objectives import ObjectiveContext, get_objective, needs_model
 from jaxalign.train.observability import MetricsLogger, format_metrics, plot_metrics, summary
-from jaxalign.train.optimizer import build_optimizer, frozen_mask
+from jaxalign.train.optimizer import build_optimizer, frozen_mask, init_optimizer_state
 from jaxalign.train.preemption import PreemptionGuard
 from jaxalign.train.provenance import source_digest
 from jaxalign.train.step import GraphDefs, make_eval_step, make_loss_fn, make_train_step
@@ -226,10 +226,14 @@ class Trainer:
                     graphdefs["reference"], frozen["reference"] = graphdef, jax.tree.map(jnp.copy, params)
             if needs_model(self.spec, "teacher", config.loss, columns):
                 teacher = build_model(config.teacher, key="teacher", mesh=self.mesh, seed=config.train.seed)
-                if teacher.config.vocab_size != policy.config.vocab_size:
+                tv, sv = teacher.config.vocab_size, policy.config.vocab_size
+                # Sequence log-probs only gather target ids, so one tokenizer's embedding tables padded to
+                # different sizes (Qwen2.5-1.5B: 151936, -7B: 152064) are fine; full distributions are not.
+                if tv < sv or (tv != sv and config.loss.kd_weight > 0):
                     raise ConfigError(
-                        f"teacher vocabulary ({teacher.config.vocab_size}) differs from the student's "
-                        f"({policy.config.vocab_size}): teacher and student must share a tokenizer"
+                        f"teacher vocabulary ({tv}) differs from the student's ({sv}): teacher and student must "
+                        "share a tokenizer" + (" and, for token-level distillation (loss.kd_weight), its size"
+                                                if tv >= sv else "")
                     )
                 graphdefs["teacher"], frozen["teacher"] = nnx.split(teacher)
             self.graphdefs = GraphDefs(**graphdefs)
@@ -240,7 +244,7 @@ class Trainer:
             self.state = {
                 "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
                 "params": params,
-                "opt_state": jax.jit(self.tx.init)(params),
+                "opt_state": init_optimizer_state(self.tx, params, replicated),
                 "rng": jax.device_put(jax.random.key_data(jax.random.key(config.train.seed)), replicated),
             }
         loss_fn = make_loss_fn(self.spec, ctx, self.graphdefs)
@@ -325,7 +329,7 @@ class Trainer:
                 )
 
         try:
-            with PreemptionGuard() as guard:
+            with PreemptionGuard() as guard, jax.set_mesh(self.mesh):  # the decoder pins activations to it
                 for step in range(start, self.total_steps):
                     batch = next(it)
                     tokens += _tokens(batch)

@@ -129,16 +129,18 @@ def test_batch_not_divisible_by_data_axes(tiny_dpo_overrides, capsys):
     assert "data.batch_size=6 (per micro-batch 6) is not divisible by the batch shards mesh.data x mesh.fsdp = 4 x 2 = 8" in capsys.readouterr().err
 
 
-def test_teacher_with_another_vocabulary_is_refused(tiny_dpo_overrides, tmp_path, capsys):
-    """A tiny teacher checkpoint whose vocabulary (400) is not the student's (320)."""
+@pytest.mark.parametrize("vocab,extra", [(256, []), (400, ["loss.kd_weight=0.5"])], ids=["smaller", "kd"])
+def test_teacher_with_another_vocabulary_is_refused(tiny_dpo_overrides, tmp_path, capsys, vocab, extra):
+    """A teacher whose vocabulary is smaller than the student's (320), or differs at all under token-level
+    KD. (A larger one, e.g. the same tokenizer's table padded further, is fine for sequence log-probs.)"""
     from jaxalign.config.presets import preset_hf_config
     from jaxalign.models import ModelConfig, init_model, save_pretrained
     from tests.conftest import _byte_tokenizer
 
-    teacher = init_model(ModelConfig.from_hf_dict({**preset_hf_config("tiny"), "vocab_size": 400}))
+    teacher = init_model(ModelConfig.from_hf_dict({**preset_hf_config("tiny"), "vocab_size": vocab}))
     save_pretrained(teacher, _byte_tokenizer(), tmp_path / "teacher")
     args = ["train", "configs/tiny_dpo.yaml", *tiny_dpo_overrides, "loss.name=dadpo", f"teacher.path={tmp_path / 'teacher'}",
-            f"train.output_dir={tmp_path / 'r'}"]
+            f"train.output_dir={tmp_path / 'r'}", *extra]
     assert main(args) == 2
     assert "teacher and student must share a tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "r" / "checkpoints").exists()
