@@ -24,7 +24,10 @@ def layers_to_drop(num_layers: int, fraction: float, strategy: str = "uniform") 
         raise ValueError(f"fraction={fraction} of {num_layers} layers drops {n}; must drop 1..{len(inner)}")
     if strategy == "uniform":
         picks = np.linspace(0, len(inner) - 1, n + 2)[1:-1] if n < len(inner) else np.arange(len(inner))
-        return sorted({inner[int(round(p))] for p in picks})
+        chosen = sorted({inner[int(round(p))] for p in picks})
+        if len(chosen) < n:  # rounding merged neighbours (few layers): n distinct, evenly spread picks
+            chosen = [inner[(k + 1) * len(inner) // (n + 1)] for k in range(n)]
+        return chosen
     if strategy == "last":
         return inner[-n:]
     raise ValueError(f"strategy={strategy!r} is not one of uniform, last")

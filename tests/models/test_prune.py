@@ -13,6 +13,14 @@ def test_layers_to_drop_keeps_first_and_last():
     assert layers_to_drop(30, 0.2, "last") == [23, 24, 25, 26, 27, 28]
 
 
+@pytest.mark.parametrize("layers,fraction", [(5, 0.4), (5, 0.6), (4, 0.5), (12, 0.75)])
+def test_uniform_drops_as_many_distinct_inner_layers_as_asked(layers, fraction):
+    """Few layers: evenly spaced picks that round onto the same layer are spread apart, not merged."""
+    drop = layers_to_drop(layers, fraction)
+    assert len(drop) == round(fraction * layers) == len(set(drop))
+    assert all(0 < i < layers - 1 for i in drop)
+
+
 def test_pruned_layers_are_the_kept_ones(tiny_hf_checkpoint):
     model, _ = load_pretrained(tiny_hf_checkpoint("llama_gqa"))
     pruned = prune_layers(model, [0])
