@@ -29,7 +29,7 @@ from jaxalign.models.decoder import Decoder, ScalarHeadModel
 from jaxalign.models.families import head_of
 from jaxalign.models.resolve import resolve_model_path
 from jaxalign.models.safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointError, SafetensorsReader
-from jaxalign.parallel.sharding import param_sharding
+from jaxalign.parallel.sharding import param_sharding, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def load_model(
     for rule in rules_for(config, head):
         variable = _get(model, module_param_path(rule, head))
         rule = _layout_in(reader, rule, tuple(variable.shape))
-        sharding = param_sharding(variable, mesh)
+        sharding = param_sharding(variable, mesh, name=module_param_path(rule, head))
         if rule.param == "score" and rule.hf not in reader:
             # A causal-LM checkpoint becoming a reward / difference model: fresh scalar head.
             log.info("%s: no %s in the checkpoint; initialising the scalar head", folder, rule.hf)
@@ -335,7 +335,7 @@ def init_model(config: ModelConfig, *, seed: int = 0, dtype: Any = "float32", pa
         return make()
     abstract = nnx.eval_shape(make)
     graphdef, state = nnx.split(abstract)
-    shardings = jax.tree.map(lambda v: param_sharding(v, mesh), state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    shardings = state_shardings(state, mesh)
     state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
     return nnx.merge(graphdef, state)
 
