@@ -78,15 +78,20 @@ def build_optimizer(cfg: OptimizerConfig, total_steps: int, params=None) -> tupl
 
 
 def optimizer_state_shardings(tx: optax.GradientTransformation, params, replicated):
-    """Shardings of `tx.init(params)`: parameter-shaped leaves (Adam's moments, Adafactor's factors
-    when they keep the parameter's shape) sharded like their parameters, the rest `replicated`.
-    `jax.jit(tx.init)` alone leaves every leaf replicated: zeros do not inherit the parameters' layout."""
-    shapes = jax.eval_shape(tx.init, params)
+    """Shardings of `tx.init(params)`: a leaf whose key path ends with a parameter's path and has its
+    shape (Adam's moments; masked transforms simply have none for frozen parameters) is sharded like
+    that parameter, every other leaf `replicated`. `jax.jit(tx.init)` alone leaves every leaf
+    replicated: zeros do not inherit the parameters' layout."""
+    by_path = {tuple(path): (p.shape, p.sharding) for path, p in jax.tree_util.tree_flatten_with_path(params)[0]}
 
-    def like(leaf, param):
-        return param.sharding if leaf.shape == param.shape else replicated
+    def place(path, leaf):
+        for start in range(len(path)):
+            found = by_path.get(tuple(path[start:]))
+            if found is not None and found[0] == leaf.shape:
+                return found[1]
+        return replicated
 
-    return optax.tree_map_params(tx, like, shapes, params, transform_non_params=lambda _: replicated)
+    return jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
 
 
 def init_optimizer_state(tx: optax.GradientTransformation, params, replicated):

@@ -388,6 +388,7 @@ def train(config: Config) -> TrainResult:
     """Train under the exclusive lock of ``train.output_dir`` (a second run on it is refused)."""
     from jaxalign.train.locks import output_lock
 
+    distributed.initialize(config.mesh.multihost)  # before anything (process_index) starts the backend
     if jax.process_index() != 0:
         return Trainer(config).run()
     with output_lock(config.train.output_dir, key="train.output_dir", directory=True):

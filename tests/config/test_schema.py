@@ -44,6 +44,7 @@ def test_every_fixed_choice_field_is_checked():
         "model.remat": ("model", "remat"), "teacher.dtype": ("teacher", "dtype"),
         "loss.kd_on": ("loss", "kd_on"), "mesh.multihost": ("mesh", "multihost"),
         "generate.mode": ("generate", "mode"), "data.truncation": ("data", "truncation"),
+        "model.attention": ("model", "attention"), "model.layer_loop": ("model", "layer_loop"),
     }
     for key, (section, name) in paths.items():
         with pytest.raises(ConfigError, match=rf"^{key}='bogus' is not one of"):
@@ -52,7 +53,7 @@ def test_every_fixed_choice_field_is_checked():
     config.loss.rdo.model.remat = "bogus"
     with pytest.raises(ConfigError, match=r"^loss\.rdo\.model\.remat='bogus'"):
         validate(config)
-    assert set(CHOICES[ModelSpec]) == {"dtype", "param_dtype", "remat"}
+    assert set(CHOICES[ModelSpec]) == {"dtype", "param_dtype", "remat", "attention", "layer_loop"}
 
 
 @pytest.mark.parametrize(
