@@ -173,14 +173,25 @@ def generate_ids(
                 f"context of {limit} tokens"
             )
     ids, mask = left_pad([list(p) for p in prompt_ids], pad_token_id)
-    cache_size = _round_up(ids.shape[1] + max_new_tokens, bucket)
-    graphdef, state = nnx.split(model)
-    tokens, lengths = _generate(
-        graphdef, state, jnp.asarray(ids), jnp.asarray(mask), jnp.int32(max_new_tokens), jax.random.key(seed),
-        cache_size=cache_size, sampling=sampling, eos_ids=tuple(int(e) for e in eos_token_ids), pad_id=int(pad_token_id),
-    )
+    tokens, lengths = generate_arrays(model, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=max_new_tokens,
+                                      sampling=sampling, seed=seed, eos_token_ids=eos_token_ids,
+                                      pad_token_id=pad_token_id, bucket=bucket)
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     return [tokens[i, : lengths[i]].tolist() for i in range(len(prompt_ids))]
+
+
+def generate_arrays(model: Decoder, ids: jax.Array, mask: jax.Array, *, max_new_tokens: int,
+                    sampling: SamplingParams = SamplingParams(), seed: int = 0, eos_token_ids: Sequence[int] = (),
+                    pad_token_id: int = 0, bucket: int = 64) -> tuple[jax.Array, jax.Array]:
+    """New tokens ``[B, C]`` (``pad_token_id`` after each row's end) and their counts ``[B]`` for left-padded
+    prompts ``ids``/``mask`` ``[B, P]`` (see ``left_pad``), unchecked. The inputs may be global arrays
+    sharded over processes (multi-host ``generate``); each process then reads its own rows of the outputs."""
+    cache_size = _round_up(ids.shape[1] + max_new_tokens, bucket)
+    graphdef, state = nnx.split(model)
+    return _generate(
+        graphdef, state, ids, mask, jnp.int32(max_new_tokens), jax.random.key(seed),
+        cache_size=cache_size, sampling=sampling, eos_ids=tuple(int(e) for e in eos_token_ids), pad_id=int(pad_token_id),
+    )
 
 
 def generate(

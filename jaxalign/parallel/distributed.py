@@ -54,7 +54,76 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This process's rows -> global arrays sharded over the batch axes."""
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh, rows: int | None = None) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded over the batch axes.
+
+    ``rows`` is the global batch size; without it every process is taken to hold an equal share
+    (``local`` are then the rows ``row_span`` names; with ``rows`` they must be)."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, v, None if rows is None else (rows, *v.shape[1:]))
+            for k, v in local.items()}
+
+
+def _process_spans(mesh: Mesh, rows: int) -> dict[int, tuple[int, int]]:
+    """Process index -> [lo, hi): the rows of a ``rows``-row batch its devices hold under ``batch_sharding``."""
+    blocks: dict[int, set] = {}
+    for device, index in batch_sharding(mesh).devices_indices_map((rows,)).items():
+        lo, hi, _ = index[0].indices(rows)
+        blocks.setdefault(device.process_index, set()).update(range(lo, hi))
+    spans = {}
+    for p, held in blocks.items():
+        lo, hi = min(held), max(held) + 1
+        if len(held) != hi - lo:
+            raise ValueError(f"process {p}'s devices hold rows that are not one block of the batch of {rows} "
+                             f"(mesh {dict(mesh.shape)}); order the mesh's devices by process")
+        spans[p] = (lo, hi)
+    return spans
+
+
+def row_span(mesh: Mesh, rows: int) -> tuple[int, int]:
+    """[lo, hi): the rows of a ``rows``-row batch (a multiple of the batch shards) that this process's
+    devices hold under ``batch_sharding``, i.e. the rows it passes to ``global_batch``. (0, rows) on one process."""
+    return _process_spans(mesh, rows)[jax.process_index()]
+
+
+def owned_rows(mesh: Mesh, rows: int) -> range:
+    """The rows of a ``rows``-row batch that this process writes out: those it holds that no lower-numbered
+    process holds, so every row is written exactly once, also when processes hold the same rows (a
+    batch replicated over a ``tensor`` axis that spans processes)."""
+    spans = _process_spans(mesh, rows)
+    me = jax.process_index()
+    lo, hi = spans[me]
+    for p, (l, h) in spans.items():
+        if p < me and l <= lo < h:
+            lo = min(h, hi)
+    return range(lo, hi)
+
+
+def local_rows(array: jax.Array, mesh: Mesh, rows: range) -> np.ndarray:
+    """``array[rows]`` (leading axis = batch) as numpy, read from this process's own shards: no
+    cross-process gather. An array not laid out over the batch axes is resharded first (a collective
+    that every process runs, as they all call this alike)."""
+    if array.is_fully_addressable:
+        return np.asarray(array)[rows.start:rows.stop]
+    sharding = batch_sharding(mesh)
+    if not array.sharding.is_equivalent_to(sharding, array.ndim):
+        array = jax.device_put(array, sharding)
+    out = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    filled = np.zeros(len(rows), bool)
+    for shard in array.addressable_shards:
+        lo, hi, _ = shard.index[0].indices(array.shape[0])
+        a, b = max(lo, rows.start), min(hi, rows.stop)
+        if a < b:
+            out[a - rows.start:b - rows.start] = np.asarray(shard.data)[a - lo:b - lo]
+            filled[a - rows.start:b - rows.start] = True
+    if not filled.all():
+        raise ValueError(f"rows {rows.start}..{rows.stop - 1} are not all on process {jax.process_index()}'s devices")
+    return out
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier ``name`` (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -8,10 +8,18 @@ go through the chat template are written as message lists, so training
 applies the same template. Rows stream to the output batch by batch; a rerun
 (after a crash or SIGTERM) continues where the file ends, and batch ``i``
 always samples with the same seed (``batch_seed(seed, i, model)``; each model its own).
+
+Multi-process (``jax.distributed``, e.g. ``launch/local_multiprocess.sh 2 4 jaxalign generate ...``):
+each model is sharded over the global mesh; every process reads the same prompts and output, so all
+agree on the rows left and the batches; each batch is one global array over the batch axes, each
+process feeds its own block of rows and writes the rows it owns to ``<output>.part-P-of-N.jsonl``.
+When all rows are done, process 0 folds the parts into the output (prompt order, each prompt once);
+an interrupted run leaves its parts, which the next run (any process count) folds in first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -24,10 +32,11 @@ from jinja2.exceptions import TemplateError
 
 from jaxalign.config.schema import Config, GenerateModel, ModelSpec
 from jaxalign.data.errors import DataError
-from jaxalign.generation.sampler import SamplingParams, encode_prompts, generate_ids
+from jaxalign.generation.sampler import SamplingParams, encode_prompts, generate_arrays, generate_ids, left_pad
+from jaxalign.parallel import distributed
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.pipeline.progress import progress
-from jaxalign.pipeline.rows import RowWriter, iter_batches, load_prompts
+from jaxalign.pipeline.rows import RowWriter, fold_parts, iter_batches, load_prompts, part_path
 from jaxalign.train.build import build_model, build_model_config, build_tokenizer
 from jaxalign.train.preemption import PreemptionGuard
 from jaxalign.train.provenance import write_sidecar
@@ -139,9 +148,32 @@ class PolicySampler:
         padded = list(prompt_ids) + [prompt_ids[0]] * max(batch_size - n, 0)
         new = generate_ids(self.model, padded, max_new_tokens=self.max_new_tokens, sampling=self.sampling,
                            seed=seed, eos_token_ids=self.eos, pad_token_id=self.pad, bucket=self.bucket)[:n]
-        texts = [self.tokenizer.decode([t for t in toks if t not in self.eos], skip_special_tokens=True).strip()
-                 for toks in new]
-        return texts, sum(len(t) for t in new)
+        return [self._decode(toks) for toks in new], sum(len(t) for t in new)
+
+    def sample_owned(self, prompt_ids: Sequence[Sequence[int]], seed: int, batch_size: int, mesh) -> tuple[dict[int, str], int]:
+        """Multi-process ``sample``: the texts of the batch positions this process owns, and their new tokens.
+
+        The batch, padded with copies of its first prompt to ``batch_size`` rounded up to the batch
+        shards, is one global array over ``mesh``: every process pads the whole batch alike (same
+        shapes), feeds its block of rows (``distributed.row_span``) and decodes only the real rows it
+        owns (``distributed.owned_rows``), read from its own shards.
+        """
+        n = len(prompt_ids)
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        rows = -(-max(batch_size, n) // shards) * shards
+        ids, mask = left_pad([list(p) for p in prompt_ids] + [list(prompt_ids[0])] * (rows - n), self.pad)
+        lo, hi = distributed.row_span(mesh, rows)
+        batch = distributed.global_batch({"ids": ids[lo:hi], "mask": mask[lo:hi]}, mesh, rows=rows)
+        tokens, lengths = generate_arrays(self.model, batch["ids"], batch["mask"], max_new_tokens=self.max_new_tokens,
+                                          sampling=self.sampling, seed=seed, eos_token_ids=self.eos,
+                                          pad_token_id=self.pad, bucket=self.bucket)
+        owned = distributed.owned_rows(mesh, rows)
+        tokens, lengths = distributed.local_rows(tokens, mesh, owned), distributed.local_rows(lengths, mesh, owned)
+        new = {r: toks[:length].tolist() for r, toks, length in zip(owned, tokens, lengths) if r < n}
+        return {r: self._decode(toks) for r, toks in new.items()}, sum(len(t) for t in new.values())
+
+    def _decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode([t for t in tokens if t not in self.eos], skip_special_tokens=True).strip()
 
     def as_message(self, row: dict, text: str) -> Any:
         """The response as the data pipeline should read it: a message list when the prompt used the chat template."""
@@ -220,13 +252,15 @@ def run_generate(config: Config) -> GenerateResult:
     """
     from jaxalign.train.locks import output_lock
 
+    distributed.initialize(config.mesh.multihost)  # before anything (process_index) starts the backend
     gen = config.generate
     source = gen.prompts or config.data.path
     prompts = load_prompts(source, limit=gen.limit)
     specs = generation_models(config)
     if gen.mode == "pairs" and len(specs) != 2:
         raise DataError(f"generate.mode='pairs' needs two models, got {len(specs)}")
-    with output_lock(gen.output, key="generate.output", directory=False):
+    lock = output_lock(gen.output, key="generate.output", directory=False) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:  # process 0 holds it for all processes of a multi-process run
         return _run_generate(config, source, prompts, specs)
 
 
@@ -244,15 +278,26 @@ def _run_generate(config: Config, source: str, prompts: list[dict], specs: list[
         )
     encoded = [s.encode(prompts, source) for s in samplers]  # every prompt checked before any weights load
 
-    writer = RowWriter(gen.output, key="prompt_key")
+    multi, main = jax.process_count() > 1, jax.process_index() == 0
+    order = {row["prompt_key"]: i for i, row in enumerate(prompts)}
+    in_order = lambda row: order.get(row["prompt_key"], len(order))  # noqa: E731 (rows of other prompts last)
+    if main:  # rows an interrupted multi-process run left in part files join the output first
+        writer = RowWriter(gen.output, key="prompt_key")
+        fold_parts(writer, in_order)
+    distributed.barrier("generate: parts folded")
+    if not main:
+        writer = RowWriter(gen.output, key="prompt_key")
     record = generate_provenance(config, specs)
     unrecorded = check_resumable(gen.output, "generate.output", writer, record,
                     ignore=config.data.ignore_provenance,
                     regenerate=f"delete {gen.output} (or choose another generate.output) to regenerate")
-    foreign, duplicates = writer.retain({row["prompt_key"] for row in prompts})
-    if foreign or duplicates:
+    foreign, duplicates = writer.retain(set(order), rewrite=main)
+    if (foreign or duplicates) and main:
         log.warning("%s: dropped %d row(s) of prompts not in %s and %d duplicate row(s)", gen.output, foreign, source, duplicates)
     todo = set() if writer.complete else {i for i, row in enumerate(prompts) if row["prompt_key"] not in writer.done_ids}
+    rows_before = writer.rows_done
+    # Each process of a multi-process run appends the rows it owns to its own part file.
+    out = RowWriter(part_path(gen.output, jax.process_index(), jax.process_count()), key="prompt_key") if multi else writer
     start, tokens, new_rows = time.perf_counter(), 0, 0
     if writer.rows_done:
         log.info("%s: %d of %d rows already written; generating the other %d", gen.output, writer.rows_done, len(prompts), len(todo))
@@ -261,7 +306,7 @@ def _run_generate(config: Config, source: str, prompts: list[dict], specs: list[
         mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         for s in samplers:
             s.load(mesh)
-        if unrecorded:
+        if unrecorded and main:
             write_sidecar(gen.output, record)
         bar = progress(total=len(prompts), initial=len(prompts) - len(todo), desc=f"generate {'/'.join(s.name for s in samplers)}",
                        unit="prompt", enabled=config.logging.progress_bar)
@@ -271,29 +316,44 @@ def _run_generate(config: Config, source: str, prompts: list[dict], specs: list[
                 idx = [i for i in batch_idx if i in todo]
                 if not idx:
                     continue
-                batch = [prompts[i] for i in idx]
                 texts = []
-                for m, (s, enc) in enumerate(zip(samplers, encoded)):
-                    # The whole batch is sampled (a row's sample depends on its slot in the batch), so a batch
-                    # cut short by a torn last line is redone as the uninterrupted run did it; its done rows are dropped.
-                    out, n = s.sample([enc[i] for i in batch_idx], seed=batch_seed(gen.seed, b, m),
-                                      batch_size=gen.batch_size)
-                    texts.append([t for t, i in zip(out, batch_idx) if i in todo])
-                    tokens += n
-                writer.write(_rows_for_batch(gen.mode, samplers, batch, texts))
-                new_rows += len(batch)
-                bar.update(len(batch))
+                # The whole batch is sampled (a row's sample depends on its slot in the batch), so a batch
+                # cut short by a torn last line is redone as the uninterrupted run did it; its done rows are dropped.
+                if multi:
+                    owned = []
+                    for m, (s, enc) in enumerate(zip(samplers, encoded)):
+                        got, n = s.sample_owned([enc[i] for i in batch_idx], seed=batch_seed(gen.seed, b, m),
+                                                batch_size=gen.batch_size, mesh=mesh)
+                        owned.append(got)
+                        tokens += n
+                    mine = [j for j in sorted(owned[0]) if batch_idx[j] in todo]
+                    batch = [prompts[batch_idx[j]] for j in mine]
+                    texts = [[got[j] for j in mine] for got in owned]
+                else:
+                    batch = [prompts[i] for i in idx]
+                    for m, (s, enc) in enumerate(zip(samplers, encoded)):
+                        sampled, n = s.sample([enc[i] for i in batch_idx], seed=batch_seed(gen.seed, b, m),
+                                              batch_size=gen.batch_size)
+                        texts.append([t for t, i in zip(sampled, batch_idx) if i in todo])
+                        tokens += n
+                out.write(_rows_for_batch(gen.mode, samplers, batch, texts))
+                new_rows += len(idx)  # over all processes
+                bar.update(len(idx))
                 bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
-                if guard.requested:
+                if guard.should_stop(b) if multi else guard.requested:  # multi-process: a step all agree on
                     interrupted = True
                     log.warning("generate: stopped by %s after %d of %d rows; rerun the same command to continue",
-                                guard.signal_name, writer.rows_done, len(prompts))
+                                guard.signal_name, rows_before + new_rows, len(prompts))
                     break
         bar.close()
     if not interrupted:
-        writer.finish()
+        distributed.barrier("generate: rows written")
+        if main:
+            fold_parts(writer, in_order)
+            writer.finish()
+        distributed.barrier("generate: output written")
     seconds = time.perf_counter() - start
-    result = GenerateResult(Path(gen.output), writer.rows_done, new_rows, tokens, seconds, interrupted)
+    result = GenerateResult(Path(gen.output), rows_before + new_rows, new_rows, tokens, seconds, interrupted)
     log.info("generate: %d rows in %s (%d new, %d tokens, %.1f tokens/s)", result.rows, gen.output, new_rows, tokens,
              result.tokens_per_second)
     return result

@@ -10,9 +10,11 @@ output is streamed to ``<output>.partial.jsonl`` and converted once complete
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -21,7 +23,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from jaxalign.data.errors import DataError
 from jaxalign.data.sources import load_source
 
-__all__ = ["load_prompts", "load_table", "RowWriter", "asset_path", "iter_batches", "prompt_key", "write_rows_atomic"]
+__all__ = ["load_prompts", "load_table", "RowWriter", "asset_path", "fold_parts", "iter_batches", "part_files", "part_path",
+           "prompt_key", "write_rows_atomic"]
 
 #: Scheme of files shipped inside the package (``asset:prompts.jsonl``).
 ASSET_PREFIX = "asset:"
@@ -127,24 +130,18 @@ class RowWriter:
             with open(self.stream, "r+b") as f:
                 f.truncate(good)
                 os.fsync(f.fileno())
-        for n, line in enumerate(data[:good].splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{self.stream}:{n}: not valid JSON ({e.msg}); the file is not a jaxalign output") from None
-            if self.key not in row:
-                raise DataError(f"{self.stream}:{n}: no {self.key!r} field; the file is not a jaxalign output")
+        for row in _parse_lines(self.stream, data[:good], self.key):
             self.done_ids.add(row[self.key])
             self.rows_done += 1
 
-    def retain(self, keys: set) -> tuple[int, int]:
+    def retain(self, keys: set, *, rewrite: bool = True) -> tuple[int, int]:
         """Keep only the first row of each key in ``keys``; returns (foreign rows, duplicate rows) dropped.
 
         Rows of prompts no longer in the input, and the duplicates two writers (or an older jaxalign)
         left, are removed by rewriting the output atomically; a complete staged output whose rows
-        change goes back to its stream, so ``finish`` writes it again.
+        change goes back to its stream, so ``finish`` writes it again. ``rewrite=False`` only updates
+        ``done_ids``/``rows_done`` to what the rewrite leaves (the other processes of a multi-process
+        run, while process 0 rewrites).
         """
         rows = load_table(str(self.output)) if self.complete else (self.staged_rows() if self.stream.exists() else [])
         kept, seen, foreign = [], set(), 0
@@ -157,6 +154,10 @@ class RowWriter:
                 kept.append(r)
         duplicates = len(rows) - foreign - len(kept)
         if foreign or duplicates or (self.complete and self.staged and len(seen) < len(keys)):
+            if not rewrite:
+                self.complete = False
+                self.done_ids, self.rows_done = seen, len(kept)
+                return foreign, duplicates
             write_rows_atomic(kept, self.stream)
             if self.complete and self.staged:
                 self.output.unlink()
@@ -188,6 +189,70 @@ class RowWriter:
             self.stream.unlink(missing_ok=True)
             self.complete = True
         return self.output
+
+
+def _parse_lines(path: Path, data: bytes, key: str) -> list[dict]:
+    """The rows of complete JSON lines ``data`` read from ``path``; ``DataError`` naming the line of a bad one."""
+    rows = []
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); the file is not a jaxalign output") from None
+        if key not in row:
+            raise DataError(f"{path}:{n}: no {key!r} field; the file is not a jaxalign output")
+        rows.append(row)
+    return rows
+
+
+def part_path(output: str | os.PathLike, process: int, count: int) -> Path:
+    """``<output>.part-P-of-N.jsonl``: the rows process P of an N-process run wrote (see ``fold_parts``)."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.part-{process}-of-{count}.jsonl")
+
+
+def part_files(output: str | os.PathLike) -> list[Path]:
+    """The part files of ``output`` left by multi-process runs of any process count, sorted."""
+    output = Path(output)
+    pattern = re.compile(re.escape(output.name) + r"\.part-(\d+)-of-(\d+)\.jsonl")
+    found = [p for p in output.parent.glob(f"{glob.escape(output.name)}.part-*-of-*.jsonl") if pattern.fullmatch(p.name)]
+    return sorted(found, key=lambda p: tuple(int(x) for x in pattern.fullmatch(p.name).groups())[::-1])
+
+
+def fold_parts(writer: RowWriter, order: Callable[[dict], Any]) -> int:
+    """Move the rows of ``writer.output``'s part files into its stream, then delete the parts; returns the rows moved.
+
+    The stream's rows and the parts' complete lines (a torn last line is cut off) are merged, each key
+    kept once (its first row: the stream's, then the parts' in process order), sorted by ``order`` and
+    written atomically, before any part is deleted: a crash in between leaves duplicates that the next
+    fold drops, never a lost row. Run by one process while no other writes (process 0 of a multi-process
+    run, between barriers); ``writer`` is updated to the result.
+    """
+    parts = part_files(writer.output)
+    if not parts:
+        return 0
+    rows = writer.staged_rows() if writer.stream.exists() else []
+    if writer.complete:
+        rows = load_table(str(writer.output))
+    moved = []
+    for path in parts:
+        data = path.read_bytes()
+        moved += _parse_lines(path, data[:data.rfind(b"\n") + 1], writer.key)
+    kept, seen = [], set()
+    for r in rows + moved:
+        if r[writer.key] not in seen:
+            seen.add(r[writer.key])
+            kept.append(r)
+    write_rows_atomic(sorted(kept, key=order), writer.stream)
+    if writer.complete:
+        writer.output.unlink()
+        writer.complete = False
+    for path in parts:
+        path.unlink()
+    writer.done_ids, writer.rows_done = seen, len(kept)
+    return len(kept) - len(rows)
 
 
 def write_rows_atomic(rows: Sequence[Mapping[str, Any]], output: str | os.PathLike) -> Path:

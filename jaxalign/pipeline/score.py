@@ -12,10 +12,17 @@ normalised over the dataset). A reward-model source also writes its scores as
 Per-row results stream to ``<output>.partial.jsonl`` (resumable after a crash
 or SIGTERM); the output is written once every row is scored, since the RDO
 normalisation needs them all.
+
+Multi-process (``jax.distributed``): the models are sharded over the global mesh, every process
+agrees on the rows left and the batches; in each batch a process collates only its block of rows,
+and writes the rows it owns to ``<output>.part-P-of-N.jsonl``; process 0 folds the parts into the
+stream (an interrupted run's parts at the start of the next run, of any process count) and writes
+the output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -32,7 +39,7 @@ from jaxalign.losses import antisymmetric_difference, rdo_weights
 from jaxalign.parallel import distributed
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.pipeline.progress import progress
-from jaxalign.pipeline.rows import RowWriter, load_table
+from jaxalign.pipeline.rows import RowWriter, fold_parts, load_table, part_path
 from jaxalign.pipeline.scoring import make_pair_differences, make_pair_logps, make_pair_rewards
 from jaxalign.train.build import build_model, build_model_config, build_tokenizer
 from jaxalign.train.preemption import PreemptionGuard
@@ -54,8 +61,8 @@ class ScoreResult:
     interrupted: bool = False
 
 
-def _device_batch(batch: dict, mesh, keys) -> dict:
-    return distributed.global_batch({k: batch[k] for k in keys}, mesh)
+def _device_batch(batch: dict, mesh, keys, rows: int) -> dict:
+    return distributed.global_batch({k: batch[k] for k in keys}, mesh, rows=rows)
 
 
 _SEQ_KEYS = tuple(f"{side}_{k}" for side in ("chosen", "rejected") for k in ("input_ids", "positions", "segment_ids", "loss_mask"))
@@ -137,7 +144,9 @@ def run_score(config: Config) -> ScoreResult:
     Holds the output's lock; continues a partial output only when its provenance matches."""
     from jaxalign.train.locks import output_lock
 
-    with output_lock(config.score.output, key="score.output", directory=False):
+    distributed.initialize(config.mesh.multihost)  # before anything (process_index) starts the backend
+    main = jax.process_index() == 0  # holds the lock for all processes of a multi-process run
+    with output_lock(config.score.output, key="score.output", directory=False) if main else contextlib.nullcontext():
         return _run_score(config)
 
 
@@ -168,7 +177,16 @@ def _run_score(config: Config) -> ScoreResult:
                               f"({student_cfg.vocab_size}): teacher and student must share a tokenizer")
 
     source_rows = load_table(path)
-    writer = RowWriter(sc.output, key=_ROW, staged=True)
+    multi, main = jax.process_count() > 1, jax.process_index() == 0
+    by_row = lambda row: row[_ROW]  # noqa: E731
+    if main:  # rows an interrupted multi-process run left in part files join the stream first
+        writer = RowWriter(sc.output, key=_ROW, staged=True)
+        fold_parts(writer, by_row)
+    distributed.barrier("score: parts folded")
+    if not main:
+        writer = RowWriter(sc.output, key=_ROW, staged=True)
+    out = RowWriter(part_path(sc.output, jax.process_index(), jax.process_count()), key=_ROW) if multi else writer
+    rows_before = writer.rows_done
     columns: list[str] = []
     if sc.reference_logps:
         columns += ["ref_chosen_logps", "ref_rejected_logps"]
@@ -214,7 +232,7 @@ def _run_score(config: Config) -> ScoreResult:
                 gd, st = nnx.split(build_model(rdo.model, key="loss.rdo.model", head="score", mesh=mesh))
                 fn = make_pair_differences(gd)
                 scorers.append(lambda b, p, fn=fn, st=st: {"rdo_difference": antisymmetric_difference(*fn(st, p))})
-        if unrecorded:
+        if unrecorded and main:
             write_sidecar(sc.output, record)
 
         pair_by_row = {}
@@ -227,40 +245,49 @@ def _run_score(config: Config) -> ScoreResult:
         bar = progress(total=len(data.units), initial=len(data.units) - len(todo_units), desc="score", unit="row",
                        enabled=config.logging.progress_bar)
         with PreemptionGuard() as guard, jax.set_mesh(mesh):
-            for lo in range(0, len(todo_units), batch_size):
+            # This process collates its block of each batch's rows (the length bucket is the whole batch's)
+            # and reads back the rows it owns from its own shards; on one process: all of them.
+            span = slice(*distributed.row_span(mesh, batch_size))
+            owned = distributed.owned_rows(mesh, batch_size)
+            for step, lo in enumerate(range(0, len(todo_units), batch_size)):
                 units = todo_units[lo:lo + batch_size]
                 pad = [None] * (batch_size - len(units))  # one batch shape: one compile per bucket
-                host = data.collate(units + pad)
-                batch = _device_batch(host, mesh, _SEQ_KEYS)
+                host = data.collate(units + pad, span)
+                batch = _device_batch(host, mesh, _SEQ_KEYS, batch_size)
                 pbatch = None
                 if pairwise is not None:
                     punits = [pair_by_row[int(data.examples.row_id[u[0]])] for u in units]
-                    pbatch = _device_batch(pairwise.collate(punits + pad), mesh, _PAIRWISE_KEYS)
+                    pbatch = _device_batch(pairwise.collate(punits + pad, span), mesh, _PAIRWISE_KEYS, batch_size)
                 values: dict = {}
                 for scorer in scorers:
                     values.update(scorer(batch, pbatch))
-                values = {k: np.asarray(jax.device_get(v))[: len(units)] for k, v in values.items()}
+                values = {k: distributed.local_rows(v, mesh, owned) for k, v in values.items()}
                 rows = []
-                for j, unit in enumerate(units):
-                    row = {_ROW: int(host["row_id"][j, 0])}
-                    row.update({k: float(v[j]) for k, v in values.items()})
+                for j in range(owned.start, min(owned.stop, len(units))):
+                    h, v = j - span.start, j - owned.start  # positions in this process's collated / read-back rows
+                    row = {_ROW: int(host["row_id"][h, 0])}
+                    row.update({k: float(x[v]) for k, x in values.items()})
                     if want_rdo and rdo.source == "dataset":
-                        row["rdo_difference"] = float(host["score_chosen"][j, 0] - host["score_rejected"][j, 0])
+                        row["rdo_difference"] = float(host["score_chosen"][h, 0] - host["score_rejected"][h, 0])
                     rows.append(row)
-                writer.write(rows)
-                new_rows += len(rows)
-                bar.update(len(rows))
-                if guard.requested:
+                out.write(rows)
+                new_rows += len(units)  # over all processes
+                bar.update(len(units))
+                if guard.should_stop(step) if multi else guard.requested:  # multi-process: a step all agree on
                     interrupted = True
                     log.warning("score: stopped by %s after %d of %d rows; rerun the same command to continue",
-                                guard.signal_name, writer.rows_done, len(data.units))
+                                guard.signal_name, rows_before + new_rows, len(data.units))
                     break
         bar.close()
     if not interrupted:
-        if not todo_units and unrecorded:
-            write_sidecar(sc.output, record)
-        writer.finish(lambda staged: _finish_rows(config, source_rows, staged, columns))
-        write_sidecar(sc.output, {**record, "output": file_digest(sc.output)})
-    result = ScoreResult(Path(sc.output), writer.rows_done, new_rows, columns, time.perf_counter() - start, interrupted)
+        distributed.barrier("score: rows written")
+        if main:
+            if not todo_units and unrecorded:
+                write_sidecar(sc.output, record)
+            fold_parts(writer, by_row)
+            writer.finish(lambda staged: _finish_rows(config, source_rows, staged, columns))
+            write_sidecar(sc.output, {**record, "output": file_digest(sc.output)})
+        distributed.barrier("score: output written")
+    result = ScoreResult(Path(sc.output), rows_before + new_rows, new_rows, columns, time.perf_counter() - start, interrupted)
     log.info("score: %d rows, columns %s -> %s (%.1f s)", result.rows, ", ".join(columns), sc.output, result.seconds)
     return result
