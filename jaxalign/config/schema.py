@@ -25,6 +25,7 @@ from jaxalign.config.presets import MODEL_PRESETS
 from jaxalign.data.config import FORMATS, TASKS, TRUNCATIONS, DataConfig
 from jaxalign.data.errors import DataError
 from jaxalign.models.decoder import LAYER_LOOPS
+from jaxalign.models.prune import STRATEGIES as PRUNE_STRATEGIES
 from jaxalign.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 
 __all__ = [
@@ -431,7 +432,7 @@ class ScoreConfig:
 
 @dataclass
 class PruneConfig:
-    """The ``prune`` stage: a smaller student from a checkpoint by removing decoder layers."""
+    """The ``prune`` stage: a smaller student from a checkpoint by removing decoder layers, channels or heads."""
 
     source: str = ""
     """Checkpoint to prune (HF folder, ``.gguf`` file, ``bundled:NAME`` or hub id); "" = ``teacher.path``."""
@@ -440,10 +441,32 @@ class PruneConfig:
     """HF folder to write the pruned student to."""
 
     fraction: float = 0.2
-    """Fraction of the decoder layers to remove (the first and last layer are always kept)."""
+    """Fraction of the decoder layers to remove (the first and last layer are always kept); 0 = none."""
 
     strategy: str = "uniform"
-    """Which layers go: uniform (spread over the depth) | last (the deepest ones before the final layer)."""
+    """Which layers go: uniform (spread over the depth) | last (the deepest ones before the final layer) |
+    importance (the ones whose skipping changes the next-token distributions least on the calibration prompts)."""
+
+    hidden_fraction: float = 0.0
+    """Fraction of the hidden channels to remove (the least important on the calibration prompts)."""
+
+    mlp_fraction: float = 0.0
+    """Fraction of the MLP channels to remove in every layer."""
+
+    heads_fraction: float = 0.0
+    """Fraction of the attention heads to remove in every layer, in whole KV groups."""
+
+    params_fraction: float = 0.0
+    """Remove this fraction of the parameters by width, picking the hidden/MLP/heads mix that changes the output least."""
+
+    calibration: str = "asset:prompts_train.jsonl"
+    """Prompts file for the importance pass (any ``generate.prompts`` file)."""
+
+    calibration_size: int = 32
+    """Prompts of ``prune.calibration`` to measure importance on."""
+
+    calibration_batch_size: int = 8
+    """Prompts per calibration batch."""
 
 
 @dataclass
@@ -561,7 +584,6 @@ MULTIHOST = ("auto", "off", "on")
 GENERATE_MODES = ("samples", "pairs")
 STAGES = ("prune", "train", "generate", "score", "eval")
 JUDGE_KINDS = ("reward_model", "difference_model")
-PRUNE_STRATEGIES = ("uniform", "last")
 
 _MODEL_CHOICES = {"dtype": MODEL_DTYPES, "param_dtype": MODEL_DTYPES, "remat": REMAT_POLICIES,
                   "attention": ATTENTION_IMPLEMENTATIONS, "layer_loop": LAYER_LOOPS}
@@ -835,7 +857,13 @@ def _check_stage(config: Config, stage: str) -> None:
             raise ConfigError("prune.source (or teacher.path) must be set: the checkpoint to prune")
         if not pr.output:
             raise ConfigError("prune.output must be set (the HF folder to write)")
-        _number("prune.fraction", pr.fraction, low=0, high=1, low_open=True, high_open=True)
+        _number("prune.fraction", pr.fraction, low=0, high=1, low_open=False, high_open=True)
+        for key in ("hidden_fraction", "mlp_fraction", "heads_fraction", "params_fraction"):
+            _number(f"prune.{key}", getattr(pr, key), low=0, high=1, low_open=False, high_open=True)
+        if not (pr.fraction or pr.hidden_fraction or pr.mlp_fraction or pr.heads_fraction or pr.params_fraction):
+            raise ConfigError("prune: nothing to remove; set prune.fraction or a width fraction")
+        if pr.calibration_size < 1 or pr.calibration_batch_size < 1:
+            raise ConfigError("prune.calibration_size and prune.calibration_batch_size must be at least 1")
     elif stage == "generate":
         gen = config.generate
         if not gen.output:

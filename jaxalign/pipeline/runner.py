@@ -58,28 +58,48 @@ PRUNE_PROVENANCE = "jaxalign_provenance.json"
 
 
 def prune_provenance(config: Config) -> dict:
-    """What decides ``prune.output``: the source model's fingerprint, the fraction and the strategy."""
+    """What decides ``prune.output``: the source model's fingerprint and every ``prune`` setting that changes
+    what is removed (the calibration prompts by content digest)."""
     from jaxalign.config.schema import ModelSpec
     from jaxalign.train.provenance import spec_fingerprint
 
     pr = config.prune
-    return {"kind": "prune", "source": spec_fingerprint(ModelSpec(path=pr.source or config.teacher.path)),
-            "prune.fraction": pr.fraction, "prune.strategy": pr.strategy}
+    record = {"kind": "prune", "source": spec_fingerprint(ModelSpec(path=pr.source or config.teacher.path))}
+    record.update({f"prune.{k}": getattr(pr, k) for k in ("fraction", "strategy", "hidden_fraction", "mlp_fraction",
+                                                          "heads_fraction", "params_fraction")})
+    if prune_spec(config).needs_calibration:
+        from jaxalign.train.provenance import source_digest
+
+        record.update({"prune.calibration": source_digest(pr.calibration),
+                       "prune.calibration_size": pr.calibration_size,
+                       "prune.calibration_batch_size": pr.calibration_batch_size})
+    return record
+
+
+def prune_spec(config: Config):
+    """``config.prune`` as a ``jaxalign.models.prune.PruneSpec``."""
+    from jaxalign.models.prune import PruneSpec
+
+    pr = config.prune
+    return PruneSpec(fraction=pr.fraction or None, strategy=pr.strategy, hidden_fraction=pr.hidden_fraction,
+                     mlp_fraction=pr.mlp_fraction, heads_fraction=pr.heads_fraction, params_fraction=pr.params_fraction,
+                     calibration=pr.calibration, calibration_size=pr.calibration_size,
+                     calibration_batch_size=pr.calibration_batch_size)
 
 
 def run_prune(config: Config) -> tuple[Path, list[int]]:
-    """Write ``prune.output``: ``prune.source`` (default ``teacher.path``) minus a fraction of its layers,
-    with its provenance (``jaxalign_provenance.json``)."""
+    """Write ``prune.output``: ``prune.source`` (default ``teacher.path``) pruned by ``config.prune``, with its
+    provenance (``jaxalign_provenance.json``) and, when measured, the importance statistics."""
     from jaxalign.models.prune import prune_checkpoint
     from jaxalign.models.resolve import resolve_model_path
     from jaxalign.train.provenance import write_json_atomic
 
     pr = config.prune
     record = prune_provenance(config)
-    out, dropped = prune_checkpoint(resolve_model_path(pr.source or config.teacher.path), pr.output, fraction=pr.fraction,
-                                    strategy=pr.strategy, overwrite=False)
-    write_json_atomic(Path(out) / PRUNE_PROVENANCE, record)
-    return out, dropped
+    result = prune_checkpoint(resolve_model_path(pr.source or config.teacher.path), pr.output, prune_spec(config),
+                              overwrite=False)
+    write_json_atomic(Path(result.path) / PRUNE_PROVENANCE, record)
+    return result.path, result.dropped
 
 
 def _peak_rss_mb() -> float:

@@ -38,8 +38,9 @@ def test_out_of_range_layer_is_refused(tiny_hf_checkpoint):
 def test_pruned_checkpoint_loads_in_transformers(tiny_hf_checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    out, dropped = prune_checkpoint(tiny_hf_checkpoint("llama_gqa"), tmp_path / "student", drop=[1])
-    assert dropped == [1]
+    result = prune_checkpoint(tiny_hf_checkpoint("llama_gqa"), tmp_path / "student", drop=[1])
+    out = result.path
+    assert result.dropped == [1] and not (out / "importance.json").exists()  # positions need no calibration
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     assert hf.config.num_hidden_layers == 1
     ours, _ = load_pretrained(out)

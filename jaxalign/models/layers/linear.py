@@ -36,9 +36,16 @@ def _matmul_bwd(res, g):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+#: Calibration hook (`jaxalign.models.importance`): while set, a callable `(x, w) -> None` sees each
+#: projection's input and weight (traced) as a layer is traced; None, the default, costs nothing.
+INPUT_TAP = None
+
+
 def linear(x, w, b=None, *, custom_grad: bool = True):
     """``x @ w (+ b)`` in x's dtype. ``custom_grad=False`` uses plain autodiff: a custom VJP is opaque
     to checkpoint policies, so ``remat="dots"`` must see the plain ``dot_general``."""
+    if INPUT_TAP is not None:
+        INPUT_TAP(x, w)
     w = w.astype(x.dtype)
     y = _matmul(x, w) if custom_grad else jnp.einsum("btd,df->btf", x, w)
     return y if b is None else y + b.astype(x.dtype)
