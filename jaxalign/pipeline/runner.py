@@ -96,8 +96,11 @@ def run_prune(config: Config) -> tuple[Path, list[int]]:
 
     pr = config.prune
     record = prune_provenance(config)
+    from jaxalign.parallel.mesh import make_mesh
+
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     result = prune_checkpoint(resolve_model_path(pr.source or config.teacher.path), pr.output, prune_spec(config),
-                              overwrite=False)
+                              overwrite=False, mesh=mesh, show_progress=config.logging.progress_bar)
     write_json_atomic(Path(result.path) / PRUNE_PROVENANCE, record)
     return result.path, result.dropped
 
