@@ -2,7 +2,8 @@
 launched by ``launch/local_multiprocess.sh``) write the same rows as 1 process x 8 devices (this test
 process), with the models sharded over the global mesh across the processes (``mesh.fsdp=4
 mesh.tensor=2``: each process holds half of every fsdp-sharded weight); a 2-process run stopped by
-SIGTERM resumes, with another process count, to the same rows, each exactly once.
+SIGTERM resumes, with another process count, to the same rows, each exactly once. One 2-process
+launch serves both tests (``generate`` whole, then ``score`` stopped), as each launch costs ~30 s.
 """
 
 import json
@@ -92,39 +93,18 @@ def single(setup):
     return out
 
 
-def test_two_processes_write_the_rows_of_one(setup, single):
+@pytest.fixture(scope="module")
+def two(setup):
+    """One 2 x 4 launch (the costly part): ``generate`` runs to the end, then ``score`` is sent SIGTERM
+    after its first written batch. Returns (the launch's log, its folder)."""
     env, overrides, root = setup
     out = root / "two"
-    run = _two_processes(env, _stages(overrides, out))
-    log, _ = run.communicate(timeout=300)
-    assert run.returncode == 0, log[-4000:]
-    assert "gen.jsonl.part-1-of-2.jsonl" in log and "score.jsonl.part-1-of-2.jsonl" in log, log[-4000:]  # both wrote
-    assert sorted(p.name for p in out.iterdir()) == ["gen.jsonl", "gen.jsonl.provenance.json", "score.jsonl",
-                                                     "score.jsonl.provenance.json"]  # parts merged and removed
-
-    generated = _rows(out / "gen.jsonl")
-    assert [r["prompt_id"] for r in generated] == list(range(PROMPTS))  # every prompt once, in prompt order
-    assert generated == _rows(single / "gen.jsonl")  # greedy: the same tokens, hence the same texts
-
-    scored, reference = _rows(out / "score.jsonl"), _rows(single / "score.jsonl")
-    assert len(scored) == len(reference) == PROMPTS
-    for row, ref in zip(scored, reference):
-        assert {k: v for k, v in row.items() if not k.endswith("_logps")} == {k: v for k, v in ref.items() if not k.endswith("_logps")}
-        # float32 sums of ~60 token log-probs whose tensor-parallel reductions run through gloo: equal to a few ulp
-        np.testing.assert_allclose([row["ref_chosen_logps"], row["ref_rejected_logps"]],
-                                   [ref["ref_chosen_logps"], ref["ref_rejected_logps"]], rtol=1e-6, atol=1e-5)
-
-
-def test_sigterm_stops_both_processes_and_the_rerun_completes_exactly(setup, single):
-    env, overrides, root = setup
-    out = root / "stopped"
-    args = _stages(overrides, out, ("generate",))
-    run = _two_processes(env, args, pause=0.5)
+    run = _two_processes(env, _stages(overrides, out), pause=0.5)
     seen = []
     try:
         for line in run.stdout:
             seen.append(line)
-            if line.startswith("wrote "):
+            if line.startswith("wrote ") and "score.jsonl.part" in line:
                 run.send_signal(signal.SIGTERM)  # the launcher forwards it to both processes
                 break
         rest, _ = run.communicate(timeout=300)
@@ -133,15 +113,35 @@ def test_sigterm_stops_both_processes_and_the_rerun_completes_exactly(setup, sin
             run.kill()
     log = "".join(seen) + rest
     assert run.returncode == 0, log[-4000:]
+    return log, out
+
+
+def test_two_processes_generate_the_rows_of_one(two, single):
+    log, out = two
+    assert "gen.jsonl.part-0-of-2.jsonl" in log and "gen.jsonl.part-1-of-2.jsonl" in log, log[-4000:]  # both wrote
+    assert not list(out.glob("gen.jsonl.part-*")), "parts are merged into the output and removed"
+    generated = _rows(out / "gen.jsonl")
+    assert [r["prompt_id"] for r in generated] == list(range(PROMPTS))  # every prompt once, in prompt order
+    assert generated == _rows(single / "gen.jsonl")  # greedy: the same tokens, hence the same texts
+
+
+def test_sigterm_stops_both_processes_and_a_rerun_with_one_completes_exactly(two, single, setup):
+    log, out = two
     assert log.count("interrupted; rerun to continue") == 2, log[-4000:]  # both stopped, at the same batch
-    assert not (out / "gen.jsonl").exists()
-    parts = sorted(out.glob("gen.jsonl.part-*-of-2.jsonl"))
-    assert [p.name for p in parts] == ["gen.jsonl.part-0-of-2.jsonl", "gen.jsonl.part-1-of-2.jsonl"]
-    written = [r["prompt_id"] for p in parts for r in _rows(p)]
+    assert not (out / "score.jsonl").exists()
+    parts = sorted(out.glob("score.jsonl.part-*-of-2.jsonl"))
+    assert [p.name for p in parts] == ["score.jsonl.part-0-of-2.jsonl", "score.jsonl.part-1-of-2.jsonl"]
+    written = [r["row"] for p in parts for r in _rows(p)]
     assert len(written) == len(set(written)) < PROMPTS
 
-    # Another process count (1 x 8, this process): the parts are folded in and only the other rows generated.
-    resumed = _one_process(overrides, out, ("generate",))["generate"]
+    # Another process count (1 x 8, this process): the parts are folded in and only the other rows scored.
+    resumed = _one_process(setup[1], out, ("score",))["score"]
     assert (resumed.rows, resumed.new_rows, resumed.interrupted) == (PROMPTS, PROMPTS - len(written), False)
-    assert sorted(p.name for p in out.iterdir()) == ["gen.jsonl", "gen.jsonl.provenance.json"]
-    assert _rows(out / "gen.jsonl") == _rows(single / "gen.jsonl")  # each row once, as the uninterrupted run
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("score")) == ["score.jsonl", "score.jsonl.provenance.json"]
+    scored, reference = _rows(out / "score.jsonl"), _rows(single / "score.jsonl")
+    assert len(scored) == len(reference) == PROMPTS  # each row once, in the input's order
+    for row, ref in zip(scored, reference):
+        assert {k: v for k, v in row.items() if not k.endswith("_logps")} == {k: v for k, v in ref.items() if not k.endswith("_logps")}
+        # float32 sums of ~60 token log-probs whose tensor-parallel reductions run through gloo: equal to a few ulp
+        np.testing.assert_allclose([row["ref_chosen_logps"], row["ref_rejected_logps"]],
+                                   [ref["ref_chosen_logps"], ref["ref_rejected_logps"]], rtol=1e-6, atol=1e-5)
