@@ -140,27 +140,25 @@ def check_spec(config, spec: PruneSpec) -> None:
                          f"{spec.calibration_batch_size} must be at least 1")
 
 
-def width_mixes(config, params_fraction: float, *, step: float = 0.05, max_mlp: float = 0.6):
-    """Candidate `WidthCounts` that each remove about `params_fraction` of the parameters: hidden fractions
-    0, step, 2*step, ... with no heads or the fewest whole KV groups, the MLP channels making up the rest
-    (at most `max_mlp` of them); one candidate per (hidden, heads) that can reach the target."""
+def width_mixes(config, params_fraction: float, *, max_mlp: float = 0.6):
+    """Candidate `WidthCounts` that each remove about `params_fraction` of the parameters: a hidden fraction of
+    0, half or all of `params_fraction`, with no heads or the fewest whole KV groups, and MLP channels
+    making up the rest (at most `max_mlp` of them); candidates more than 25% off the target are left out."""
     from jaxalign.models.prune_width import WidthCounts, pruned_config
 
     total = config.num_params()
     target = params_fraction * total
     out = []
-    group_options = [0] + ([1] if config.num_kv_heads > 1 else [])
-    for groups in group_options:
-        for hidden in sorted({int(round(h * config.hidden_size)) for h in np.arange(0, params_fraction + 1e-9, step)}):
+    for groups in [0] + ([1] if config.num_kv_heads > 1 else []):
+        for hidden in sorted({int(round(h * params_fraction * config.hidden_size)) for h in (0.0, 0.5, 1.0)}):
             base = WidthCounts(hidden=hidden, kv_groups=groups)
-            removed = total - pruned_config(config, base).num_params()
-            per_channel = pruned_config(config, base).num_params() - pruned_config(config, dataclasses.replace(base, mlp=1)).num_params()
-            mlp = int(round((target - removed) / per_channel)) if target > removed else 0
-            if mlp > max_mlp * config.intermediate_size:
-                continue
+            kept = pruned_config(config, base).num_params()
+            per_channel = kept - pruned_config(config, dataclasses.replace(base, mlp=1)).num_params()
+            mlp = max(0, int(round((target - (total - kept)) / per_channel)))
             counts = dataclasses.replace(base, mlp=mlp)
             got = 1 - pruned_config(config, counts).num_params() / total
-            if abs(got - params_fraction) <= 0.25 * params_fraction and not counts.empty:
+            if mlp <= max_mlp * config.intermediate_size and abs(got - params_fraction) <= 0.25 * params_fraction \
+                    and not counts.empty:
                 out.append(counts)
     return out
 

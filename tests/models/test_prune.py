@@ -5,6 +5,14 @@ import pytest
 import torch
 
 from jaxalign.models import layers_to_drop, load_pretrained, prune_checkpoint, prune_layers
+from tests.conftest import fast_compiles
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles(tmp_path_factory):
+    """Compile-bound (every test traces small models once): XLA's cheaper optimisation level."""
+    with fast_compiles(tmp_path_factory):
+        yield
 
 
 def test_layers_to_drop_keeps_first_and_last():
@@ -48,3 +56,38 @@ def test_pruned_checkpoint_loads_in_transformers(tiny_hf_checkpoint, tmp_path):
     with torch.no_grad():
         ref = hf(torch.tensor(ids)).logits.numpy()
     assert np.abs(np.asarray(ours(ids)) - ref).max() <= 1e-4
+
+
+def _calibration(tmp_path):
+    import json
+
+    path = tmp_path / "calib.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Why is the sky blue?", "Name a prime.", "Hi there"]))
+    return str(path)
+
+
+def test_importance_strategy_drops_the_layer_that_changes_nothing(byte_tokenizer, tmp_path):
+    import jax.numpy as jnp
+
+    from jaxalign.models.prune import PruneSpec, prune_model
+    from tests.models.prune_models import random_ids, random_model, tiny_config, zero_structures
+
+    model = zero_structures(random_model(tiny_config(vocab_size=320, num_layers=5)), layers_identity=[3])
+    spec = PruneSpec(fraction=0.2, strategy="importance", calibration=_calibration(tmp_path), calibration_size=3)
+    pruned, result = prune_model(model, byte_tokenizer, spec, show_progress=False)
+    assert result.dropped == [3] and result.importance.skip_kl.argmin() == 3
+    ids = jnp.asarray(random_ids(320, 2, 9))
+    np.testing.assert_allclose(np.asarray(pruned(ids)), np.asarray(model(ids)), atol=1e-5, rtol=0)
+
+
+def test_params_fraction_picks_the_closest_width_mix(byte_tokenizer, tmp_path):
+    from jaxalign.models.prune import PruneSpec, prune_model
+    from tests.models.prune_models import random_model, tiny_config
+
+    model = random_model(tiny_config(vocab_size=320))
+    spec = PruneSpec(params_fraction=0.2, calibration=_calibration(tmp_path), calibration_size=3)
+    pruned, result = prune_model(model, byte_tokenizer, spec, show_progress=False)
+    removed = 1 - result.config.num_params() / model.config.num_params()
+    assert len(result.mixes) >= 2 and abs(removed - 0.2) < 0.05
+    assert result.counts == min(result.mixes, key=lambda m: m[1])[0] and result.dropped == []
+    assert pruned.config == result.config
