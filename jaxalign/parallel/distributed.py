@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -119,6 +120,29 @@ def local_rows(array: jax.Array, mesh: Mesh, rows: range) -> np.ndarray:
     if not filled.all():
         raise ValueError(f"rows {rows.start}..{rows.stop - 1} are not all on process {jax.process_index()}'s devices")
     return out
+
+
+def on_main(fn: Callable[[], Any], what: str) -> Any:
+    """Run ``fn`` on process 0 alone and wait for it on every process; returns its result there (None elsewhere).
+
+    When ``fn`` raises, process 0 re-raises its error and every other process raises a one-line error
+    naming ``what``, instead of waiting for ever at the next collective. One process: just ``fn()``."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    result, error = None, None
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes learn of it
+            error = e
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError(f"{what} failed on process 0 (its log has the error)")
+    return result
 
 
 def barrier(name: str) -> None:

@@ -259,8 +259,9 @@ def run_generate(config: Config) -> GenerateResult:
     specs = generation_models(config)
     if gen.mode == "pairs" and len(specs) != 2:
         raise DataError(f"generate.mode='pairs' needs two models, got {len(specs)}")
-    lock = output_lock(gen.output, key="generate.output", directory=False) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock:  # process 0 holds it for all processes of a multi-process run
+    with contextlib.ExitStack() as stack:  # process 0 holds the lock for all processes of a multi-process run
+        distributed.on_main(lambda: stack.enter_context(output_lock(gen.output, key="generate.output", directory=False)),
+                            f"locking generate.output={gen.output}")
         return _run_generate(config, source, prompts, specs)
 
 
@@ -281,11 +282,14 @@ def _run_generate(config: Config, source: str, prompts: list[dict], specs: list[
     multi, main = jax.process_count() > 1, jax.process_index() == 0
     order = {row["prompt_key"]: i for i, row in enumerate(prompts)}
     in_order = lambda row: order.get(row["prompt_key"], len(order))  # noqa: E731 (rows of other prompts last)
-    if main:  # rows an interrupted multi-process run left in part files join the output first
-        writer = RowWriter(gen.output, key="prompt_key")
-        fold_parts(writer, in_order)
-    distributed.barrier("generate: parts folded")
-    if not main:
+
+    def open_and_fold() -> RowWriter:  # rows an interrupted multi-process run left in part files join the output first
+        opened = RowWriter(gen.output, key="prompt_key")
+        fold_parts(opened, in_order)
+        return opened
+
+    writer = distributed.on_main(open_and_fold, f"merging the part files of generate.output={gen.output}")
+    if writer is None:  # the other processes read what process 0 left
         writer = RowWriter(gen.output, key="prompt_key")
     record = generate_provenance(config, specs)
     unrecorded = check_resumable(gen.output, "generate.output", writer, record,
@@ -348,10 +352,8 @@ def _run_generate(config: Config, source: str, prompts: list[dict], specs: list[
         bar.close()
     if not interrupted:
         distributed.barrier("generate: rows written")
-        if main:
-            fold_parts(writer, in_order)
-            writer.finish()
-        distributed.barrier("generate: output written")
+        distributed.on_main(lambda: (fold_parts(writer, in_order), writer.finish()),
+                            f"merging the part files into generate.output={gen.output}")
     seconds = time.perf_counter() - start
     result = GenerateResult(Path(gen.output), rows_before + new_rows, new_rows, tokens, seconds, interrupted)
     log.info("generate: %d rows in %s (%d new, %d tokens, %.1f tokens/s)", result.rows, gen.output, new_rows, tokens,

@@ -145,8 +145,9 @@ def run_score(config: Config) -> ScoreResult:
     from jaxalign.train.locks import output_lock
 
     distributed.initialize(config.mesh.multihost)  # before anything (process_index) starts the backend
-    main = jax.process_index() == 0  # holds the lock for all processes of a multi-process run
-    with output_lock(config.score.output, key="score.output", directory=False) if main else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:  # process 0 holds the lock for all processes of a multi-process run
+        distributed.on_main(lambda: stack.enter_context(output_lock(config.score.output, key="score.output", directory=False)),
+                            f"locking score.output={config.score.output}")
         return _run_score(config)
 
 
@@ -179,11 +180,13 @@ def _run_score(config: Config) -> ScoreResult:
     source_rows = load_table(path)
     multi, main = jax.process_count() > 1, jax.process_index() == 0
     by_row = lambda row: row[_ROW]  # noqa: E731
-    if main:  # rows an interrupted multi-process run left in part files join the stream first
-        writer = RowWriter(sc.output, key=_ROW, staged=True)
-        fold_parts(writer, by_row)
-    distributed.barrier("score: parts folded")
-    if not main:
+    def open_and_fold() -> RowWriter:  # rows an interrupted multi-process run left in part files join the stream first
+        opened = RowWriter(sc.output, key=_ROW, staged=True)
+        fold_parts(opened, by_row)
+        return opened
+
+    writer = distributed.on_main(open_and_fold, f"merging the part files of score.output={sc.output}")
+    if writer is None:  # the other processes read what process 0 left
         writer = RowWriter(sc.output, key=_ROW, staged=True)
     out = RowWriter(part_path(sc.output, jax.process_index(), jax.process_count()), key=_ROW) if multi else writer
     rows_before = writer.rows_done
@@ -281,13 +284,15 @@ def _run_score(config: Config) -> ScoreResult:
         bar.close()
     if not interrupted:
         distributed.barrier("score: rows written")
-        if main:
+
+        def merge() -> None:
             if not todo_units and unrecorded:
                 write_sidecar(sc.output, record)
             fold_parts(writer, by_row)
             writer.finish(lambda staged: _finish_rows(config, source_rows, staged, columns))
             write_sidecar(sc.output, {**record, "output": file_digest(sc.output)})
-        distributed.barrier("score: output written")
+
+        distributed.on_main(merge, f"writing score.output={sc.output}")
     result = ScoreResult(Path(sc.output), rows_before + new_rows, new_rows, columns, time.perf_counter() - start, interrupted)
     log.info("score: %d rows, columns %s -> %s (%.1f s)", result.rows, ", ".join(columns), sc.output, result.seconds)
     return result
