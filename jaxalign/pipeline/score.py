@@ -180,6 +180,7 @@ def _run_score(config: Config) -> ScoreResult:
     source_rows = load_table(path)
     multi, main = jax.process_count() > 1, jax.process_index() == 0
     by_row = lambda row: row[_ROW]  # noqa: E731
+
     def open_and_fold() -> RowWriter:  # rows an interrupted multi-process run left in part files join the stream first
         opened = RowWriter(sc.output, key=_ROW, staged=True)
         fold_parts(opened, by_row)

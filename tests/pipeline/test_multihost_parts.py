@@ -91,3 +91,35 @@ def test_one_process_holds_and_owns_every_row():
     np.testing.assert_array_equal(distributed.local_rows(batch["x"], mesh, range(2, 5)), local["x"][2:5])
     replicated = jax.device_put(local["x"], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     np.testing.assert_array_equal(distributed.local_rows(replicated, mesh, range(0, 8)), local["x"])
+
+
+class _FakeSharding:
+    """``devices_indices_map`` of a batch laid out as ``blocks``: (process, start, stop) per device."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def devices_indices_map(self, shape):
+        return {type("Device", (), {"process_index": p, "id": i})(): (slice(lo, hi),)
+                for i, (p, lo, hi) in enumerate(self.blocks)}
+
+
+@pytest.mark.parametrize("blocks, spans, owned", [
+    # batch split over processes (data/fsdp across hosts): each owns its block
+    ([(0, 0, 2), (0, 2, 4), (1, 4, 6), (1, 6, 8)], [(0, 4), (4, 8)], [range(0, 4), range(4, 8)]),
+    # batch replicated over processes (a tensor axis across hosts): the lowest process owns the rows
+    ([(0, 0, 4), (1, 0, 4), (0, 4, 8), (1, 4, 8)], [(0, 8), (0, 8)], [range(0, 8), range(8, 8)]),
+])
+def test_spans_and_owned_rows_per_process(monkeypatch, blocks, spans, owned):
+    monkeypatch.setattr(distributed, "batch_sharding", lambda mesh: _FakeSharding(blocks))
+    for p in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+        assert distributed.row_span(None, 8) == spans[p]
+        assert distributed.owned_rows(None, 8) == owned[p]
+
+
+def test_a_process_holding_rows_apart_is_refused(monkeypatch):
+    monkeypatch.setattr(distributed, "batch_sharding", lambda mesh: _FakeSharding([(0, 0, 2), (1, 2, 4), (0, 4, 6), (1, 6, 8)]))
+    monkeypatch.setattr(distributed.jax, "process_index", lambda: 0)
+    with pytest.raises(ValueError, match="process 0's devices hold rows that are not one block"):
+        distributed.row_span(type("Mesh", (), {"shape": {"data": 4}})(), 8)
