@@ -220,11 +220,18 @@ def _log_probs(model, h):
 
 
 @functools.lru_cache(maxsize=8)
+def _make_log_probs_fn(graphdef):
+    """`(state, final-norm hidden [B,T,D]) -> float32 log-probs [B,T,V]` (the unpruned model's, once per batch)."""
+    return jax.jit(lambda state, h: _log_probs(nnx.merge(graphdef, state), h))
+
+
+@functools.lru_cache(maxsize=8)
 def _make_skip_fn(graphdef):
-    """`(state, inputs [L,B,T,D], final [B,T,D], batch, i) -> summed KL(full ‖ without layer i)` over real tokens."""
+    """`(state, inputs [L,B,T,D], full log-probs [B,T,V], batch, i) -> summed KL(full ‖ without layer i)` over
+    real tokens; layers after i run from layer i's input (`lax.cond`: the earlier ones cost nothing)."""
 
     @jax.jit
-    def fn(state, inputs, final, batch, i):
+    def fn(state, inputs, full, batch, i):
         model = nnx.merge(graphdef, state)
         config, family = model.config, model.family
         seg = batch["segment_ids"]
@@ -236,8 +243,7 @@ def _make_skip_fn(graphdef):
 
         x, _ = _scan_layers(model, body, inputs[i])
         h = family.final_norm(x, model.final_norm[...], config.rms_norm_eps)
-        teacher, student = _log_probs(model, final), _log_probs(model, h)
-        kl = jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1)
+        kl = jnp.sum(jnp.exp(full) * (full - _log_probs(model, h)), axis=-1)
         return jnp.sum(jnp.where(seg > 0, kl, 0.0))
 
     return fn
@@ -261,7 +267,7 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, mesh=None, ski
     mesh = mesh if mesh is not None else make_mesh()
     graphdef, state = nnx.split(model)
     state = on_mesh(state, mesh)
-    stats_fn, skip_fn = _make_stats_fn(graphdef), _make_skip_fn(graphdef)
+    stats_fn, skip_fn, log_probs_fn = _make_stats_fn(graphdef), _make_skip_fn(graphdef), _make_log_probs_fn(graphdef)
     L = model.config.num_layers
     sums: dict[str, np.ndarray] = {}
     skip = np.zeros(L)
@@ -279,8 +285,9 @@ def calibrate(model, batches: Sequence[dict[str, np.ndarray]], *, mesh=None, ski
                 sums[k] = sums.get(k, 0.0) + np.asarray(jax.device_get(out[k]), np.float64)
             tokens += int(out["tokens"])
             if skip_kl:
+                full = log_probs_fn(state, out["final"])
                 for i in range(L):
-                    skip[i] += float(skip_fn(state, out["inputs"], out["final"], batch, jnp.int32(i)))
+                    skip[i] += float(skip_fn(state, out["inputs"], full, batch, jnp.int32(i)))
                     bar.update()
     bar.close()
     n = max(tokens, 1)
