@@ -8,6 +8,7 @@ JAX itself on SLURM and TPU pods.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import Any, Callable
@@ -143,6 +144,17 @@ def on_main(fn: Callable[[], Any], what: str) -> Any:
     if failed:
         raise RuntimeError(f"{what} failed on process 0 (its log has the error)")
     return result
+
+
+_sync_steps = itertools.count()
+
+
+def agreed_stop(guard) -> bool:
+    """Whether every process stops now: ``guard.should_stop`` (a ``PreemptionGuard``) at the next number
+    of a counter that only grows over this process's life. JAX's preemption sync point is the fastest
+    process's last step number + 1, so a stage that numbered its batches from 0 after an earlier stage
+    in the same process (generate then score) could miss it. Every process must call this alike."""
+    return guard.should_stop(next(_sync_steps))
 
 
 def barrier(name: str) -> None:

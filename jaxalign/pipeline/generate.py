@@ -344,7 +344,7 @@ def _run_generate(config: Config, source: str, prompts: list[dict], specs: list[
                 new_rows += len(idx)  # over all processes
                 bar.update(len(idx))
                 bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
-                if guard.should_stop(b) if multi else guard.requested:  # multi-process: a step all agree on
+                if distributed.agreed_stop(guard) if multi else guard.requested:  # multi-process: a batch all agree on
                     interrupted = True
                     log.warning("generate: stopped by %s after %d of %d rows; rerun the same command to continue",
                                 guard.signal_name, rows_before + new_rows, len(prompts))

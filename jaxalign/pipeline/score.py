@@ -253,7 +253,7 @@ def _run_score(config: Config) -> ScoreResult:
             # and reads back the rows it owns from its own shards; on one process: all of them.
             span = slice(*distributed.row_span(mesh, batch_size))
             owned = distributed.owned_rows(mesh, batch_size)
-            for step, lo in enumerate(range(0, len(todo_units), batch_size)):
+            for lo in range(0, len(todo_units), batch_size):
                 units = todo_units[lo:lo + batch_size]
                 pad = [None] * (batch_size - len(units))  # one batch shape: one compile per bucket
                 host = data.collate(units + pad, span)
@@ -277,7 +277,7 @@ def _run_score(config: Config) -> ScoreResult:
                 out.write(rows)
                 new_rows += len(units)  # over all processes
                 bar.update(len(units))
-                if guard.should_stop(step) if multi else guard.requested:  # multi-process: a step all agree on
+                if distributed.agreed_stop(guard) if multi else guard.requested:  # multi-process: a batch all agree on
                     interrupted = True
                     log.warning("score: stopped by %s after %d of %d rows; rerun the same command to continue",
                                 guard.signal_name, rows_before + new_rows, len(data.units))

@@ -123,3 +123,12 @@ def test_a_process_holding_rows_apart_is_refused(monkeypatch):
     monkeypatch.setattr(distributed.jax, "process_index", lambda: 0)
     with pytest.raises(ValueError, match="process 0's devices hold rows that are not one block"):
         distributed.row_span(type("Mesh", (), {"shape": {"data": 4}})(), 8)
+
+
+def test_agreed_stop_asks_at_ever_growing_steps():
+    """JAX's preemption sync point is the last step asked + 1: a second stage's batches must not reuse numbers."""
+    asked = []
+    guard = type("Guard", (), {"should_stop": lambda self, step: asked.append(step) or step == asked[0] + 4})()
+    stops = [distributed.agreed_stop(guard) for _ in range(3)] + [distributed.agreed_stop(guard) for _ in range(3)]
+    assert asked == list(range(asked[0], asked[0] + 6))
+    assert stops == [False, False, False, False, True, False]
