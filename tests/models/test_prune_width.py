@@ -108,3 +108,28 @@ def test_bad_fractions_are_refused_before_anything_is_written(kwargs, message, t
     with pytest.raises(ConfigError, match=message):
         prune_checkpoint(tiny_hf_checkpoint("llama_gqa"), tmp_path / "out", PruneSpec(**kwargs), show_progress=False)
     assert not (tmp_path / "out").exists()
+
+
+FAMILY_CASES = {
+    "Gemma2Config": dict(head_dim=8, sliding_window=5, query_pre_attn_scalar=12, attn_logit_softcapping=0.5,
+                         final_logit_softcapping=0.2),  # (1 + w) norms, post-norms, sqrt(D) embedding scale, tied
+    "Qwen3Config": dict(head_dim=8),  # per-head q/k norms
+    "Phi3Config": dict(),  # fused qkv / gate_up checkpoint tensors
+}
+
+
+@pytest.mark.parametrize("config_class", sorted(FAMILY_CASES))
+def test_width_pruned_families_match_transformers(config_class, tmp_path):
+    from tests.conftest import _byte_tokenizer
+    from tests.models.family_checks import check_logits_match_transformers, make_hf_checkpoint
+
+    src = make_hf_checkpoint(tmp_path / "src", config_class, vocab_size=320, hidden_size=32, intermediate_size=48,
+                             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                             **FAMILY_CASES[config_class])
+    _byte_tokenizer().save_pretrained(src)
+    spec = PruneSpec(hidden_fraction=0.25, mlp_fraction=0.25, heads_fraction=0.5, calibration=str(_prompts(tmp_path)),
+                     calibration_size=2)
+    result = prune_checkpoint(src, tmp_path / "out", spec, show_progress=False)
+    assert (result.config.hidden_size, result.config.num_heads, result.config.intermediate_size) == (24, 2, 36)
+    check_logits_match_transformers(result.path, length=12)
