@@ -84,3 +84,18 @@ def test_importance_json_round_trip(tmp_path):
     back = Importance.from_json(__import__("json").loads(path.read_text()))
     assert back.prompts == 3 and back.tokens == 30 and np.isnan(back.skip_kl[0]) and back.skip_kl[1] == 1.0
     np.testing.assert_array_equal(back.hidden, imp.hidden)
+
+
+def test_depth_importance_works_for_mixture_of_experts():
+    """Width is refused for MoE, depth is not: the skip pass runs the family's layers (router and experts)."""
+    from jaxalign.models.layers.moe import MoEConfig
+
+    config = MoEConfig(**{**SIZES, "num_layers": 4, "model_type": "qwen3_moe", "num_experts": 4, "num_experts_per_tok": 2,
+                          "moe_intermediate_size": 16})
+    model = random_model(config)
+    model.layers.o_proj[...] = model.layers.o_proj[...].at[1].set(0)
+    for name in model.layers.names:
+        if "down" in name:
+            getattr(model.layers, name)[...] = getattr(model.layers, name)[...].at[1].set(0)
+    imp = calibrate(model, _batches(config.vocab_size), show_progress=False)
+    assert layers_to_drop(4, 0.25, "importance", imp.skip_kl) == [1] and imp.skip_kl[1] < 1e-7
