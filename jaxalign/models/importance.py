@@ -44,7 +44,7 @@ class Importance:
     """Mean statistics per real token (see the module docstring); `prompts`/`tokens`: what they average."""
 
     heads: np.ndarray  # [L, H]
-    mlp: np.ndarray  # [L, F]; F = 0 when the family has no dense MLP channels (mixture of experts)
+    mlp: np.ndarray  # [L, F]; all zero when the family has no dense MLP (mixture of experts)
     hidden: np.ndarray  # [L, D]
     cosine: np.ndarray  # [L]
     skip_kl: np.ndarray  # [L]; NaN where not measured

@@ -68,13 +68,15 @@ def test_structures_carrying_nothing_score_zero_and_the_identity_layer_is_droppe
 
 
 def test_statistics_do_not_depend_on_the_sharding():
+    """One device, or rows over 8 data shards, or rows over data x fsdp with weights over fsdp x tensor."""
     config = tiny_config()
     model = random_model(config, seed=3)
     one = calibrate(model, _batches(config.vocab_size, shards=1), mesh=make_mesh(devices=make_mesh().devices.flat[:1]),
                     show_progress=False)
-    eight = calibrate(model, _batches(config.vocab_size), show_progress=False)
-    for name in ("heads", "mlp", "hidden", "cosine", "skip_kl"):
-        np.testing.assert_allclose(getattr(one, name), getattr(eight, name), rtol=1e-5, atol=1e-7, err_msg=name)
+    for mesh, shards in ((make_mesh(), 8), (make_mesh(2, 2, 2), 4)):
+        sharded = calibrate(model, _batches(config.vocab_size, shards=shards), mesh=mesh, show_progress=False)
+        for name in ("heads", "mlp", "hidden", "cosine", "skip_kl"):
+            np.testing.assert_allclose(getattr(one, name), getattr(sharded, name), rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_importance_json_round_trip(tmp_path):
