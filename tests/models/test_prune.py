@@ -91,3 +91,25 @@ def test_params_fraction_picks_the_closest_width_mix(byte_tokenizer, tmp_path):
     assert len(result.mixes) >= 2 and abs(removed - 0.2) < 0.05
     assert result.counts == min(result.mixes, key=lambda m: m[1])[0] and result.dropped == []
     assert pruned.config == result.config
+
+
+def test_width_mixes_hit_the_parameter_target():
+    """SmolLM2-135M's shape: every candidate removes 20% +- 5% of the parameters; MLP-only and hidden-only are
+    (within a channel) among them, and mixes with one of its 3 KV groups."""
+    from jaxalign.models import ModelConfig
+    from jaxalign.models.prune import width_mixes
+    from jaxalign.models.prune_width import pruned_config
+
+    config = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+                         num_kv_heads=3, head_dim=64, tie_word_embeddings=True)
+    mixes = width_mixes(config, 0.2)
+    removed = [1 - pruned_config(config, m).num_params() / config.num_params() for m in mixes]
+    assert all(abs(r - 0.2) < 0.05 for r in removed), removed
+    assert any(m.hidden == 0 and m.kv_groups == 0 for m in mixes) and any(m.hidden and m.mlp <= 1 for m in mixes)
+    assert any(m.kv_groups == 1 for m in mixes)
+
+
+def test_importance_strategy_needs_a_score_per_layer():
+    with pytest.raises(ValueError, match=r"strategy='importance' needs a finite score per layer \(6\)"):
+        layers_to_drop(6, 0.34, "importance", [0.1, 0.2])
+    assert layers_to_drop(6, 0.34, "importance", [9, 0.3, 0.1, 0.2, 0.05, 0]) == [2, 4]  # the ends always stay
