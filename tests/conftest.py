@@ -1,4 +1,4 @@
-"""Test session set-up: 8 virtual CPU devices, float32 matmuls at full precision."""
+"""Test session set-up: 8 virtual CPU devices, float32 matmuls at full precision, cheap compiles."""
 
 import contextlib
 import os
@@ -12,7 +12,6 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -89,14 +88,14 @@ def tiny_hf_checkpoint(tmp_path_factory):
 
 @contextlib.contextmanager
 def fast_compiles(tmp_path_factory):
-    """For compile-bound modules: XLA's cheaper optimisation level and a persistent compilation cache
-    (a user-configured cache is left as it is); both restored on exit."""
+    """XLA's cheaper optimisation level and a persistent compilation cache shared by every module and
+    xdist worker of the session (a user-configured cache is left as it is); both restored on exit."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
     settings = {"jax_disable_most_optimizations": True}
     if not jax.config.values["jax_compilation_cache_dir"]:
-        settings.update({"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+        settings.update({"jax_compilation_cache_dir": str(_session_cache_dir(tmp_path_factory)),
                          "jax_persistent_cache_min_compile_time_secs": 0.0,
                          "jax_persistent_cache_min_entry_size_bytes": 0})
     old = {k: jax.config.values[k] for k in settings}
@@ -109,3 +108,24 @@ def fast_compiles(tmp_path_factory):
         for k, v in old.items():
             jax.config.update(k, v)
         compilation_cache.reset_cache()
+
+
+def _session_cache_dir(tmp_path_factory) -> Path:
+    """One cache folder for the whole run: under xdist, in the folder the workers' temp roots share."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "xla_cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_mode(request, tmp_path_factory):
+    """The suite runs tiny models, so compiling, not running, is what costs: every module compiles with
+    `fast_compiles` unless it is marked `optimized_xla`."""
+    if request.node.get_closest_marker("optimized_xla"):
+        yield
+        return
+    with fast_compiles(tmp_path_factory):
+        yield

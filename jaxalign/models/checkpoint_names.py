@@ -22,6 +22,23 @@ from jaxalign.models.config import ModelConfig
 
 LAYER_PREFIX = "model.layers.{i}."
 
+#: HF suffixes of the standard attention block (pre-norm, q/k/v/o with optional biases, optional
+#: per-head q/k norms); `layer_rules` keeps only the entries a config's parameters have.
+ATTENTION_HF_NAMES = {
+    "attn_norm": "input_layernorm.weight",
+    "q_proj": "self_attn.q_proj.weight", "k_proj": "self_attn.k_proj.weight",
+    "v_proj": "self_attn.v_proj.weight", "o_proj": "self_attn.o_proj.weight",
+    "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
+    "v_bias": "self_attn.v_proj.bias", "o_bias": "self_attn.o_proj.bias",
+    "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
+}
+
+#: HF suffixes of the gated MLP (SwiGLU / GeGLU) with optional biases.
+GATED_MLP_HF_NAMES = {
+    "gate_proj": "mlp.gate_proj.weight", "up_proj": "mlp.up_proj.weight", "down_proj": "mlp.down_proj.weight",
+    "gate_bias": "mlp.gate_proj.bias", "up_bias": "mlp.up_proj.bias", "down_bias": "mlp.down_proj.bias",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorRule:

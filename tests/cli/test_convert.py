@@ -2,8 +2,6 @@
 
 import json
 
-import numpy as np
-import pytest
 from safetensors.numpy import load_file
 
 from jaxalign.cli.main import main

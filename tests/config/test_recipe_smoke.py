@@ -17,7 +17,7 @@ import pytest
 
 from jaxalign.config import load_config
 from jaxalign.train.trainer import train
-from tests.conftest import _byte_tokenizer, fast_compiles
+from tests.conftest import _byte_tokenizer
 from tests.train.conftest import synthetic_preferences, write_jsonl
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -28,14 +28,6 @@ RECIPES = ["sft", "dsft", "dpo", "ddpo", "dadpo", "kto", "rrhf", "reward_model",
 NOT_MONOTONE = {"difference_model"}
 #: recipe -> the data file it trains on (see `data_files`)
 DATA = {"sft": "sft", "dsft": "sft", "difference_model": "graded", "rdo_dpo": "rdo", "rdo_kto": "rdo", "rdo_rrhf": "rdo"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    """Compile-bound: XLA's cheaper optimisation level and a persistent cache shared by the runs
-    (model and optimizer initialisers are the same in every recipe); restored afterwards."""
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -46,11 +46,18 @@ def random_ids(vocab: int, batch: int, length: int, seed: int = 0) -> np.ndarray
     return np.random.default_rng(seed).integers(0, vocab, (batch, length)).astype(np.int32)
 
 
+def compiled_forward(model):
+    """`ids [B,T] -> logits [B,T,V]`, jitted once per shape (an eager call compiles op by op)."""
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))
+    return lambda ids: forward(state, jnp.asarray(ids, jnp.int32))
+
+
 def check_logits_match_transformers(folder: Path, length: int, atol: float = 1e-4, **load_kwargs):
     """jaxalign float32 logits equal transformers' within `atol` on random ids `[2, length]`."""
     model = load_model(folder, **load_kwargs)
     ids = random_ids(model.config.vocab_size, 2, length)
-    ours = np.asarray(model(jnp.asarray(ids)))
+    ours = np.asarray(compiled_forward(model)(ids))
     with torch.no_grad():
         theirs = hf_model(folder)(torch.from_numpy(ids).long()).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=atol, rtol=0)
@@ -88,11 +95,15 @@ def check_greedy_generation_equals_argmax_loop(model, prompt_len: int = 5, new_t
     vocab = model.config.vocab_size
     prompts = [random_ids(vocab, 1, prompt_len, seed=2)[0].tolist(), random_ids(vocab, 1, prompt_len + 3, seed=3)[0].tolist()]
     got = generate_ids(model, prompts, max_new_tokens=new_tokens, sampling=_greedy(), eos_token_ids=())
+    # The reference loop runs one compiled full forward at a fixed right-padded length: under the
+    # causal mask, the logits at the last real position do not see the padding after it.
+    forward = compiled_forward(model)
+    width = max(map(len, prompts)) + new_tokens
     for prompt, tokens in zip(prompts, got):
         ids = list(prompt)
         for _ in range(new_tokens):
-            logits = model(jnp.asarray([ids], jnp.int32))
-            ids.append(int(jnp.argmax(logits[0, -1])))
+            logits = forward([ids + [0] * (width - len(ids))])
+            ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
         assert tokens == ids[len(prompt):], (tokens, ids[len(prompt):])
 
 

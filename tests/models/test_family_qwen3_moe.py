@@ -38,10 +38,12 @@ def checkpoint(request, tmp_path_factory):
 
 
 def test_logits_routing_generation_and_dpo_step(checkpoint):
+    """(On the plain case the DPO step is `check_sharded_train_step_equals_one_device`'s.)"""
     model = check_logits_match_transformers(checkpoint, length=19)
     check_routing_and_aux_loss_match_transformers(checkpoint, length=19)
     check_greedy_generation_equals_argmax_loop(model)
-    check_dpo_step(model)
+    if "plain" not in str(checkpoint):
+        check_dpo_step(model)
 
 
 def test_save_round_trip_is_bitwise(checkpoint, tmp_path):

@@ -7,7 +7,7 @@ import torch
 from jaxalign.generation import SamplingParams, generate_ids
 from jaxalign.models import load_pretrained
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.optimized_xla]
 
 PROMPTS = ["The capital of France is", "def add(a, b):\n", "Once upon a time"]
 

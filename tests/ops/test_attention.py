@@ -14,6 +14,8 @@ from jaxalign.ops._attention_splash import splash_attention
 from jaxalign.ops import _attention_splash
 from jaxalign.ops.attention import AUTO_BLOCKWISE_MIN_LENGTH, index_ordered, resolve_impl
 
+pytestmark = pytest.mark.optimized_xla  # measures compiled memory
+
 B, T, H, K, D = 2, 37, 4, 2, 8  # T not a multiple of the test blocks (8 queries, 16 keys)
 BQ, BK = 8, 16
 

@@ -12,6 +12,8 @@ import pytest
 
 from jaxalign.ops import token_distill_loss, token_logprobs
 
+pytestmark = pytest.mark.optimized_xla  # measures compiled memory
+
 B, T, D, V = 8, 1024, 576, 49152
 CHUNK = 128  # [8, 128, 49152] f32 = 192 MiB per live chunk buffer
 sds = jax.ShapeDtypeStruct

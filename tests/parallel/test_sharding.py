@@ -1,7 +1,6 @@
 """Parameter placement: each device holds its share of the model, and nothing is replicated by accident."""
 
 import jax
-import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec

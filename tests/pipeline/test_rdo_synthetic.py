@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.conftest import fast_compiles
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "rdo_synthetic.py"
 TRAIN_PAIRS, HELDOUT_PAIRS, STEPS = 1024, 128, 30
@@ -33,15 +32,7 @@ def _benchmark_module():
 
 
 @pytest.fixture(scope="module")
-def _fast_compiles(tmp_path_factory):
-    """Compile-bound module: XLA's fast-compile mode and a persistent cache (as in tests/train/test_objectives.py);
-    both restored afterwards."""
-    with fast_compiles(tmp_path_factory):
-        yield
-
-
-@pytest.fixture(scope="module")
-def scored(_fast_compiles, tmp_path_factory, byte_tokenizer):
+def scored(tmp_path_factory, byte_tokenizer):
     """Held-out pairs (then the same pairs swapped) scored by a freshly trained difference model."""
     bench = _benchmark_module()
     root = tmp_path_factory.mktemp("rdo_synthetic")

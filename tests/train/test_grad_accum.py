@@ -20,18 +20,11 @@ from jaxalign.data.config import DataConfig
 from jaxalign.models import ModelConfig, init_model
 from jaxalign.train.objectives import ObjectiveContext, get_objective
 from jaxalign.train.step import GraphDefs, accumulated_grads, make_loss_fn, micro_totals
-from tests.conftest import fast_compiles
 
 # 8 rows -> micro-batches of 4/2 rows holding 11|4 and 9|2|4|0 examples (None: an empty row)
 PACKED_UNITS = [(0, 1, 2, 3), (4, 5, 6), (7,), None, (8, 9), (10,), None, (11, 12, 13, 14)]
 # unpacked (KTO, reward model): 3|2 and 2|1|0|2 examples
 SINGLE_UNITS = [(0,), (1,), (2,), None, None, None, (3,), (4,)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 def _rows(n: int) -> list[dict]:

@@ -14,15 +14,8 @@ from jaxalign.config.schema import ConfigError
 from jaxalign.data import DataError
 from jaxalign.train.locks import OutputLockedError, lock_path, output_lock
 from jaxalign.train.trainer import train
-from tests.conftest import _byte_tokenizer, fast_compiles
+from tests.conftest import _byte_tokenizer
 from tests.train.conftest import synthetic_preferences, write_jsonl
-
-@pytest.fixture(scope="module", autouse=True)
-def _cheap_compiles(tmp_path_factory):
-    """Many short runs of one tiny model: XLA's cheaper level and a compilation cache they share."""
-    with fast_compiles(tmp_path_factory):
-        yield
-
 
 QUICK = ["train.steps=4", "optimizer.lr=1e-3", "mesh.data=1", "eval_data=null", "data.batch_size=4"]
 

@@ -15,14 +15,7 @@ from flax import nnx
 from jaxalign.config import load_config
 from jaxalign.train.forward import Sequences, sequence_logps
 from jaxalign.train.trainer import Trainer
-from tests.conftest import fast_compiles
 from tests.train.conftest import synthetic_preferences, tiny_overrides, write_jsonl
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 def _unpaired(n: int) -> list[dict]:

@@ -22,7 +22,6 @@ from jaxalign.data import prepare
 from jaxalign.data.config import DataConfig
 from jaxalign.train.forward import Sequences, sequence_logps, split_pairs
 from jaxalign.train.trainer import Trainer
-from tests.conftest import fast_compiles
 from tests.train.conftest import synthetic_preferences, write_jsonl
 
 FLIPPED_BELOW = {"rrhf": 0.5}  # default 0.1
@@ -36,12 +35,6 @@ OBJECTIVES = {
     "kto": ["loss.name=kto", "data.task=kto", "loss.beta=0.5"],
     "rrhf": ["loss.name=rrhf"],
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import fast_compiles
 from flax import nnx
 
 from jaxalign.config import load_config
@@ -37,20 +36,6 @@ FAST = ["mesh.data=1", "train.steps=3", "train.log_every=1", "optimizer.lr=1e-3"
 
 
 # ----------------------------------------------------------------------------- set-up
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    """This module is compile-bound (one train step per objective, each run for 3 steps), so:
-
-    - `jax_disable_most_optimizations`: XLA compiles the tiny steps ~2-3x faster; the
-      identities below hold to the same tolerances (same math, unfused);
-    - a persistent compilation cache shares identical compilations (model and optimizer
-      initialisers) between the module's runs instead of recompiling them per `Trainer`.
-    Both are restored afterwards.
-    """
-    with fast_compiles(tmp_path_factory):
-        yield
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("objective_runs")

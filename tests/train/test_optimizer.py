@@ -15,13 +15,6 @@ from jaxalign.config import load_config
 from jaxalign.config.schema import OptimizerConfig
 from jaxalign.train.optimizer import build_optimizer, freeze_labels, learning_rate_schedule, param_name
 from jaxalign.train.trainer import Trainer
-from tests.conftest import fast_compiles
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 def closed_form_lr(step: int, *, lr: float, warmup: int, total: int, kind: str, min_ratio: float) -> float:

@@ -13,19 +13,12 @@ import pytest
 
 from jaxalign.config import load_config
 from jaxalign.train.trainer import train
-from tests.conftest import fast_compiles
 from tests.train.conftest import tiny_overrides
 
 DADPO_KD = ["loss.name=dadpo", "teacher.preset=tiny", "loss.beta_ref=0.1", "loss.beta_teacher=0.1",
             "loss.kd_weight=0.5", "loss.kd_on=both", "loss.kd_divergence=forward_kl", "train.steps=4",
             "train.log_every=1", "optimizer.lr=1e-3", "optimizer.schedule=constant", "eval_data=null",
             "checkpoint.resume=false"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 def _run(preference_data, tokenizer_dir, out, data, fsdp, tensor) -> dict:

@@ -16,18 +16,9 @@ import pytest
 from jaxalign.cli.main import main
 from jaxalign.config import load_config
 from jaxalign.train.trainer import NonFiniteLossError, Trainer, train
-from tests.conftest import fast_compiles
 from tests.train.conftest import tiny_overrides
 
 LEARN = ["train.steps=20", "optimizer.lr=1e-3", "optimizer.schedule=constant", "loss.beta=0.5"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    """Compile-bound (a train step per test): cheaper XLA optimisation and a compilation cache
-    shared by the runs of identical steps; restored afterwards."""
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 def test_dpo_learns_a_synthetic_preference(tiny_dpo_overrides):

@@ -18,7 +18,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from jaxalign.models.checkpoint_names import layer_rules
+from jaxalign.models.checkpoint_names import ATTENTION_HF_NAMES, GATED_MLP_HF_NAMES, layer_rules
 from jaxalign.models.config import ConfigError, ModelConfig, check_activation, common_from_hf, layer_types_from_hf
 from jaxalign.models.families import Family, register_family
 from jaxalign.models.layers.attention import attention_params, self_attention
@@ -29,15 +29,10 @@ from jaxalign.models.layers.params import VECTOR, ParamSpec
 ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
 
 HF_NAMES = {
-    "attn_norm": "input_layernorm.weight",
-    "q_proj": "self_attn.q_proj.weight", "k_proj": "self_attn.k_proj.weight",
-    "v_proj": "self_attn.v_proj.weight", "o_proj": "self_attn.o_proj.weight",
-    "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
-    "v_bias": "self_attn.v_proj.bias", "o_bias": "self_attn.o_proj.bias",
-    "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
+    **ATTENTION_HF_NAMES,
     "post_attn_norm": "post_attention_layernorm.weight",
     "mlp_norm": "pre_feedforward_layernorm.weight",
-    "gate_proj": "mlp.gate_proj.weight", "up_proj": "mlp.up_proj.weight", "down_proj": "mlp.down_proj.weight",
+    **GATED_MLP_HF_NAMES,
     "post_mlp_norm": "post_feedforward_layernorm.weight",
 }
 

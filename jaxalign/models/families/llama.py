@@ -13,24 +13,15 @@ import functools
 
 import jax.numpy as jnp
 
-from jaxalign.models.checkpoint_names import layer_rules
+from jaxalign.models.checkpoint_names import ATTENTION_HF_NAMES, GATED_MLP_HF_NAMES, layer_rules
 from jaxalign.models.config import ConfigError, ModelConfig, check_activation, common_from_hf, layer_types_from_hf
 from jaxalign.models.families import Family, GGUFSpec, register_family
-from jaxalign.models.layers.attention import attention_params, self_attention
+from jaxalign.models.layers.attention import attention_params, pre_norm_attention
 from jaxalign.models.layers.mlp import gated_mlp, mlp_params
 from jaxalign.models.layers.norms import rms_norm
 from jaxalign.models.layers.params import VECTOR, ParamSpec
 
-HF_NAMES = {
-    "attn_norm": "input_layernorm.weight",
-    "q_proj": "self_attn.q_proj.weight", "k_proj": "self_attn.k_proj.weight",
-    "v_proj": "self_attn.v_proj.weight", "o_proj": "self_attn.o_proj.weight",
-    "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
-    "v_bias": "self_attn.v_proj.bias", "o_bias": "self_attn.o_proj.bias",
-    "mlp_norm": "post_attention_layernorm.weight",
-    "gate_proj": "mlp.gate_proj.weight", "up_proj": "mlp.up_proj.weight", "down_proj": "mlp.down_proj.weight",
-    "gate_bias": "mlp.gate_proj.bias", "up_bias": "mlp.up_proj.bias", "down_bias": "mlp.down_proj.bias",
-}
+HF_NAMES = {**ATTENTION_HF_NAMES, "mlp_norm": "post_attention_layernorm.weight", **GATED_MLP_HF_NAMES}
 
 
 def layer_params(c: ModelConfig) -> dict[str, ParamSpec]:
@@ -43,10 +34,7 @@ def layer_params(c: ModelConfig) -> dict[str, ParamSpec]:
 
 
 def layer(c: ModelConfig, kind: str, p, x, ctx, cache=None, cache_index=None):
-    h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
-    a, kv = self_attention(p, h, ctx, heads=c.num_heads, kv_heads=c.num_kv_heads, head_dim=c.head_dim,
-                           sliding_window=c.window(kind), cache=cache, cache_index=cache_index)
-    x = x + a
+    x, kv = pre_norm_attention(c, kind, p, x, ctx, cache=cache, cache_index=cache_index)
     x = x + gated_mlp(p, rms_norm(x, p["mlp_norm"], c.rms_norm_eps), ctx, "silu")
     return x, kv, jnp.zeros((), jnp.float32)
 

@@ -9,21 +9,18 @@ is explicit (HF's default is 128, not hidden / heads), q/k/v/o are biased togeth
 
 from __future__ import annotations
 
-import functools
-
 import jax.numpy as jnp
 
 from jaxalign.models.checkpoint_names import layer_rules
 from jaxalign.models.config import ConfigError, ModelConfig, check_activation, common_from_hf
 from jaxalign.models.families import Family, GGUFSpec, register_family
-from jaxalign.models.families.llama import HF_NAMES as LLAMA_NAMES
+from jaxalign.models.families.llama import HF_NAMES
 from jaxalign.models.families.llama import qwen_sliding_from_hf, qwen_sliding_to_hf
-from jaxalign.models.layers.attention import attention_params, self_attention
+from jaxalign.models.layers.attention import attention_params, pre_norm_attention
 from jaxalign.models.layers.mlp import gated_mlp, mlp_params
 from jaxalign.models.layers.norms import rms_norm
 from jaxalign.models.layers.params import VECTOR, ParamSpec
 
-HF_NAMES = {**LLAMA_NAMES, "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
 DEFAULT_HEAD_DIM = 128  # Qwen3Config's default when config.json has no head_dim
 
 
@@ -38,12 +35,8 @@ def layer_params(c: ModelConfig) -> dict[str, ParamSpec]:
 
 
 def layer(c: ModelConfig, kind: str, p, x, ctx, cache=None, cache_index=None):
-    norm = functools.partial(rms_norm, eps=c.rms_norm_eps)
-    a, kv = self_attention(p, norm(x, p["attn_norm"]), ctx, heads=c.num_heads, kv_heads=c.num_kv_heads,
-                           head_dim=c.head_dim, qk_norm=norm, sliding_window=c.window(kind), cache=cache,
-                           cache_index=cache_index)
-    x = x + a
-    x = x + gated_mlp(p, norm(x, p["mlp_norm"]), ctx, "silu")
+    x, kv = pre_norm_attention(c, kind, p, x, ctx, qk_norm=True, cache=cache, cache_index=cache_index)
+    x = x + gated_mlp(p, rms_norm(x, p["mlp_norm"], c.rms_norm_eps), ctx, "silu")
     return x, kv, jnp.zeros((), jnp.float32)
 
 

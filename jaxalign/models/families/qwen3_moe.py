@@ -14,23 +14,16 @@ layer, which its one-to-one name table cannot split into HF's per-expert tensors
 
 from __future__ import annotations
 
-import functools
-
-from jaxalign.models.checkpoint_names import layer_rules
+from jaxalign.models.checkpoint_names import ATTENTION_HF_NAMES, layer_rules
 from jaxalign.models.config import ConfigError, check_activation, common_from_hf
 from jaxalign.models.families import Family, register_family
-from jaxalign.models.layers.attention import attention_params, self_attention
+from jaxalign.models.layers.attention import attention_params, pre_norm_attention
 from jaxalign.models.layers.moe import MOE_AUX, MoEConfig, moe_mlp, moe_params, with_fused_layout
 from jaxalign.models.layers.norms import rms_norm
 from jaxalign.models.layers.params import VECTOR, ParamSpec
 
 HF_NAMES = {
-    "attn_norm": "input_layernorm.weight",
-    "q_proj": "self_attn.q_proj.weight", "k_proj": "self_attn.k_proj.weight",
-    "v_proj": "self_attn.v_proj.weight", "o_proj": "self_attn.o_proj.weight",
-    "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
-    "v_bias": "self_attn.v_proj.bias", "o_bias": "self_attn.o_proj.bias",
-    "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
+    **ATTENTION_HF_NAMES,
     "mlp_norm": "post_attention_layernorm.weight",
     "router": "mlp.gate.weight", "expert_gate": "mlp.experts.{j}.gate_proj.weight",
     "expert_up": "mlp.experts.{j}.up_proj.weight", "expert_down": "mlp.experts.{j}.down_proj.weight",
@@ -48,11 +41,7 @@ def layer_params(c: MoEConfig) -> dict[str, ParamSpec]:
 
 
 def layer(c: MoEConfig, kind: str, p, x, ctx, cache=None, cache_index=None):
-    h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
-    a, kv = self_attention(p, h, ctx, heads=c.num_heads, kv_heads=c.num_kv_heads, head_dim=c.head_dim,
-                           qk_norm=functools.partial(rms_norm, eps=c.rms_norm_eps), sliding_window=c.window(kind),
-                           cache=cache, cache_index=cache_index)
-    x = x + a
+    x, kv = pre_norm_attention(c, kind, p, x, ctx, qk_norm=True, cache=cache, cache_index=cache_index)
     y, stats = moe_mlp(p, rms_norm(x, p["mlp_norm"], c.rms_norm_eps), ctx, top_k=c.num_experts_per_tok,
                        normalise=c.norm_topk_prob, weights_in_compute_dtype=True)
     return x + y, kv, stats

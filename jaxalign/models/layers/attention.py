@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 
 from jaxalign.models.layers.context import LayerContext
 from jaxalign.models.layers.linear import linear
+from jaxalign.models.layers.norms import rms_norm
 from jaxalign.models.layers.params import IN_OUT, OUT_IN, VECTOR, WIDE_VECTOR, ParamSpec
 from jaxalign.models.layers.rope import apply_rope
 from jaxalign.ops.attention import attention
@@ -62,3 +63,15 @@ def self_attention(p: dict[str, jax.Array], h: jax.Array, ctx: LayerContext, *, 
                     sliding_window=sliding_window, logit_softcap=logit_softcap, scale=scale)
     out = linear(out.reshape(B, T, heads * head_dim), p["o_proj"], p.get("o_bias"), custom_grad=ctx.custom_grad)
     return out, (k, v)
+
+
+def pre_norm_attention(c, kind: str, p: dict[str, jax.Array], x: jax.Array, ctx: LayerContext, *,
+                       qk_norm: bool = False, cache=None, cache_index=None):
+    """The attention half of a Llama-style pre-norm layer: `x + attention(rms_norm(x))`, with the
+    window of layer `kind` and, for Qwen3-style layers, RMS q/k norms; returns (`[B,T,D]`, (k, v)).
+    `c` is the model's config (heads, head_dim, eps, windows)."""
+    norm = functools.partial(rms_norm, eps=c.rms_norm_eps)
+    a, kv = self_attention(p, norm(x, p["attn_norm"]), ctx, heads=c.num_heads, kv_heads=c.num_kv_heads,
+                           head_dim=c.head_dim, qk_norm=norm if qk_norm else None, sliding_window=c.window(kind),
+                           cache=cache, cache_index=cache_index)
+    return x + a, kv
