@@ -129,3 +129,20 @@ def _compile_mode(request, tmp_path_factory):
         return
     with fast_compiles(tmp_path_factory):
         yield
+
+
+@pytest.fixture(scope="module")
+def subprocess_env(_compile_mode):
+    """Environment for `jaxalign` subprocesses that compiles like this module (XLA level, matmul
+    precision, the session's compilation cache): they reuse its compilations and compute bit-identical
+    numbers."""
+    import jax
+
+    values = jax.config.values
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), JAX_PLATFORMS="cpu",
+               JAX_DEFAULT_MATMUL_PRECISION=str(values["jax_default_matmul_precision"]),
+               JAX_DISABLE_MOST_OPTIMIZATIONS="1" if values["jax_disable_most_optimizations"] else "0")
+    if values["jax_compilation_cache_dir"]:
+        env.update(JAX_COMPILATION_CACHE_DIR=values["jax_compilation_cache_dir"],
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return env

@@ -1,7 +1,6 @@
 """Two processes x 4 CPU devices (jax.distributed on localhost) train exactly like one process x 8."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,12 @@ def _losses(run_dir):
     return [r["loss"] for r in lines if r["split"] == "train"]
 
 
-def test_two_processes_match_one_process(tiny_dpo_overrides, tmp_path):
+def test_two_processes_match_one_process(tiny_dpo_overrides, subprocess_env, tmp_path):
     jaxalign = [sys.executable, "-m", "jaxalign.cli.main", "train", "configs/tiny_dpo.yaml"]
     common = [o for o in tiny_dpo_overrides if not o.startswith(("train.output_dir", "eval_data"))]
     common += ["eval_data=null", "train.steps=6", "optimizer.lr=1e-3", "mesh.data=8", "train.log_every=1"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = dict(subprocess_env)
+    env.pop("XLA_FLAGS", None)  # the launcher gives each process 4 devices
     multi = subprocess.run([str(ROOT / "launch/local_multiprocess.sh"), "2", "4", *jaxalign, *common,
                             f"train.output_dir={tmp_path / 'multi'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-3000:]

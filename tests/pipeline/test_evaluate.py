@@ -17,7 +17,7 @@ from jaxalign.models import ModelConfig, init_model, load_model, load_tokenizer,
 from jaxalign.pipeline.evaluate import METRICS, run_eval
 from tests.conftest import _byte_tokenizer
 from tests.pipeline.conftest import write_jsonl
-from tests.pipeline.test_generate import base_overrides, subprocess_env  # noqa: F401 (fixtures)
+from tests.pipeline.test_generate import base_overrides  # noqa: F401 (fixtures)
 from tests.train.conftest import synthetic_preferences
 
 

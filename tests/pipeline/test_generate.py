@@ -8,11 +8,9 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import fast_compiles
 
 from jaxalign.config import load_config
 from jaxalign.data import DataError
@@ -47,18 +45,6 @@ def _no_weights(monkeypatch):
         raise AssertionError("model weights were loaded")
 
     monkeypatch.setattr(generate_mod, "build_model", refuse)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def subprocess_env(tmp_path_factory):
-    """Compile-bound module: XLA's cheaper optimisation level and a persistent compilation cache that the
-    `jaxalign` subprocesses share (same settings there, so they reuse this process's compilations and
-    compute bit-identical numbers). Returns the subprocesses' environment; settings restored afterwards."""
-    with fast_compiles(tmp_path_factory):
-        yield dict(os.environ, PYTHONPATH=REPO, JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-                   JAX_DEFAULT_MATMUL_PRECISION=str(jax.config.values["jax_default_matmul_precision"]),
-                   JAX_COMPILATION_CACHE_DIR=jax.config.values["jax_compilation_cache_dir"],
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 @pytest.fixture(scope="module")

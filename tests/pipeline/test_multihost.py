@@ -21,7 +21,6 @@ from jaxalign.config import load_config
 from jaxalign.pipeline.generate import run_generate
 from jaxalign.pipeline.score import run_score
 from tests.pipeline.conftest import write_jsonl
-from tests.pipeline.test_generate import subprocess_env  # noqa: F401 (fixture: same XLA settings in the subprocesses)
 from tests.train.conftest import synthetic_preferences
 
 REPO = Path(__file__).resolve().parents[2]

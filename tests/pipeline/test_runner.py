@@ -9,7 +9,6 @@ import pytest
 from jaxalign.config.schema import ConfigError
 from jaxalign.pipeline.evaluate import METRICS
 from jaxalign.pipeline.runner import run_pipeline
-from tests.pipeline.test_generate import subprocess_env  # noqa: F401 (fixture: cheaper compiles)
 
 RECIPE = str(Path(__file__).parents[2] / "configs" / "pipeline_dadpo.yaml")
 STAGES = [("prune", "prune"), ("teacher data", "generate"), ("dSFT", "train"), ("pairs", "generate"),

@@ -21,7 +21,7 @@ from jaxalign.train import trainer as trainer_mod
 from jaxalign.train.provenance import sidecar_path
 from jaxalign.train.trainer import Trainer
 from tests.pipeline.conftest import write_jsonl
-from tests.pipeline.test_generate import base_overrides, sigterm_then_resume, subprocess_env  # noqa: F401 (fixtures)
+from tests.pipeline.test_generate import base_overrides, sigterm_then_resume  # noqa: F401 (fixtures)
 from tests.train.conftest import synthetic_preferences
 
 

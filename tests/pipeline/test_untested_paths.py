@@ -23,7 +23,7 @@ from jaxalign.pipeline.evaluate import run_eval
 from jaxalign.pipeline.score import run_score
 from tests.conftest import _byte_tokenizer
 from tests.pipeline.conftest import write_jsonl
-from tests.pipeline.test_generate import base_overrides, subprocess_env  # noqa: F401 (fixtures)
+from tests.pipeline.test_generate import base_overrides  # noqa: F401 (fixtures)
 from tests.train.conftest import synthetic_preferences
 
 

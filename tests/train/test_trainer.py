@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -58,8 +57,7 @@ def test_grad_accumulation_matches_full_batch(tiny_dpo_overrides, tmp_path):
     np.testing.assert_allclose(losses(2, "a"), losses(1, "b"), atol=1e-5)
 
 
-def _run_cli(args, **kw):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+def _run_cli(args, env, **kw):
     return subprocess.Popen([sys.executable, "-m", "jaxalign.cli.main", "train", "configs/tiny_dpo.yaml", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
@@ -69,13 +67,13 @@ def _train_losses(run_dir):
     return {r["step"]: r["loss"] for r in lines if r["split"] == "train"}
 
 
-def test_sigterm_then_resume_continues_exactly(tiny_dpo_overrides, tmp_path):
+def test_sigterm_then_resume_continues_exactly(tiny_dpo_overrides, subprocess_env, tmp_path):
     common = [o for o in tiny_dpo_overrides if not o.startswith(("train.output_dir", "eval_data"))]
     common += ["train.steps=16", "train.log_every=1", "optimizer.lr=1e-3", "eval_data=null"]
     full = tmp_path / "full"
-    assert _run_cli(common + [f"train.output_dir={full}"]).wait(timeout=300) == 0
+    assert _run_cli(common + [f"train.output_dir={full}"], subprocess_env).wait(timeout=300) == 0
     cut = tmp_path / "cut"
-    proc = _run_cli(common + [f"train.output_dir={cut}"])
+    proc = _run_cli(common + [f"train.output_dir={cut}"], subprocess_env)
     deadline = time.time() + 240
     while time.time() < deadline:
         if (cut / "metrics.jsonl").exists() and len(_train_losses(cut)) >= 5:
@@ -86,7 +84,7 @@ def test_sigterm_then_resume_continues_exactly(tiny_dpo_overrides, tmp_path):
     assert proc.returncode == 0, out
     stopped_at = max(int(p.name) for p in (cut / "checkpoints").iterdir() if p.name.isdigit())
     assert stopped_at < 16
-    assert _run_cli(common + [f"train.output_dir={cut}"]).wait(timeout=300) == 0
+    assert _run_cli(common + [f"train.output_dir={cut}"], subprocess_env).wait(timeout=300) == 0
     resumed, reference = _train_losses(cut), _train_losses(full)
     assert sorted(resumed) == list(range(1, 17))
     np.testing.assert_allclose([resumed[s] for s in range(1, 17)], [reference[s] for s in range(1, 17)], atol=1e-6)
