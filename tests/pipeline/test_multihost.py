@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_models, tmp_path_factory, subprocess_env):  # noqa: F811
+def setup(tiny_models, tmp_path_factory, subprocess_env):
     """(subprocess environment, overrides shared by every run, work folder)."""
     assert jax.device_count() == 8, "the 1-process runs need 8 devices (tests/conftest.py sets XLA_FLAGS)"
     teacher, student = tiny_models
