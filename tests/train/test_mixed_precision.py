@@ -3,8 +3,9 @@ frozen reference and teacher stored in bfloat16, tracks the all-float32 run.
 
 Both runs train daDPO with the teacher in the step for the same steps on the same batches; the
 log-prob sums and losses are float32 in both (the ops accumulate in float32 whatever the compute
-dtype). Tolerance: bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 ~ 2e-3 per value), and
-a loss near ln 2 that moves by ~0.1 over the run is expected within 2e-2 of the float32 loss.
+dtype). Tolerance: bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 ~ 2e-3 per value); the
+losses, near ln 2 and moving by ~0.1 over the run, are held within 5e-3 of the float32 run's
+(measured: 6.1e-4 at most over the 8 steps).
 """
 
 import numpy as np
@@ -14,7 +15,7 @@ from jaxalign.config import load_config
 from jaxalign.train.trainer import train
 from tests.train.conftest import tiny_overrides
 
-TOLERANCE = 2e-2
+TOLERANCE = 5e-3
 DADPO = ["loss.name=dadpo", "loss.beta_ref=0.1", "loss.beta_teacher=0.1", "teacher.preset=tiny",
          "reference.preset=tiny", "train.steps=8", "train.log_every=1", "optimizer.lr=1e-3",
          "optimizer.schedule=constant", "eval_data=null", "checkpoint.resume=false", "train.export_hf=true"]
