@@ -248,6 +248,7 @@ def main():
         same = [o for o in sft if o != name and results[o]["how"] == r["how"] and "kl_after" in results[o]]
         if same and "kl_after" not in r:  # the mix search chose a single-kind width student: the same model
             r.update(kl_after=results[same[0]]["kl_after"], same_as=same[0])
+        if "kl_after" not in r:
             t = time.perf_counter()
             if not (out / "hf" / "config.json").is_file():
                 train(load_config(recipe, [*base, "loss.name=sft", f"data.path={sft_file}", f"model.path={students[name]['path']}",
