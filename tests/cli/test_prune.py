@@ -2,19 +2,9 @@
 
 import json
 
-import pytest
-
 from jaxalign.cli.main import main
 from jaxalign.config import load_config
 from jaxalign.pipeline.runner import PRUNE_PROVENANCE, prune_provenance, run_prune
-from tests.conftest import fast_compiles
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    """Compile-bound (every test traces small models once): XLA's cheaper optimisation level."""
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 def _prompts(tmp_path):

@@ -11,14 +11,6 @@ from jaxalign.models.prune import layers_to_drop
 from jaxalign.models.prune_width import width_counts
 from jaxalign.parallel.mesh import make_mesh
 from tests.models.prune_models import SIZES, random_ids, random_model, tiny_config, zero_structures
-from tests.conftest import fast_compiles
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    """Compile-bound (every test traces small models once): XLA's cheaper optimisation level."""
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 def test_axis_roles_follow_the_family_specs():

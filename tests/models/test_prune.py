@@ -5,14 +5,6 @@ import pytest
 import torch
 
 from jaxalign.models import layers_to_drop, load_pretrained, prune_checkpoint, prune_layers
-from tests.conftest import fast_compiles
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    """Compile-bound (every test traces small models once): XLA's cheaper optimisation level."""
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 def test_layers_to_drop_keeps_first_and_last():

@@ -13,14 +13,6 @@ from jaxalign.models.importance import calibrate, calibration_batches
 from jaxalign.models.prune import PruneSpec, prune_checkpoint
 from jaxalign.models.prune_width import WidthPlan, plan_width, prune_width, width_counts
 from tests.models.prune_models import random_ids, random_model, tiny_config, zero_structures
-from tests.conftest import fast_compiles
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles(tmp_path_factory):
-    """Compile-bound (every test traces small models once): XLA's cheaper optimisation level."""
-    with fast_compiles(tmp_path_factory):
-        yield
 
 
 def _logits(model, ids):
