@@ -1,10 +1,28 @@
 """Fixtures for the offline stages: tiny teacher/student folders with a tokenizer, prompt sets."""
 
 import json
+import signal
 
 import pytest
 
 from tests.conftest import _byte_tokenizer
+
+
+def sigterm_at(proc, first_line) -> str:
+    """Read `proc`'s output until a line for which `first_line(line)` holds, send it SIGTERM, wait
+    (killing it if it outlives the wait) and return its whole output."""
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if first_line(line):
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return "".join(seen) + rest
 
 
 def write_jsonl(path, rows):

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ from jaxalign.data import DataError
 from jaxalign.pipeline import generate as generate_mod
 from jaxalign.pipeline.generate import run_generate
 from jaxalign.train.provenance import sidecar_path
-from tests.pipeline.conftest import write_jsonl
+from tests.pipeline.conftest import sigterm_at, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -308,18 +307,7 @@ def sigterm_then_resume(tmp_path, env: dict, command: str, overrides: list[str],
     script.write_text(_SLOW_CLI)
     victim = subprocess.Popen([sys.executable, str(script), str(pause), command, *overrides], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    try:
-        for line in victim.stdout:
-            seen.append(line)
-            if line.startswith("wrote "):
-                victim.send_signal(signal.SIGTERM)
-                break
-        rest, _ = victim.communicate(timeout=300)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-    first = "".join(seen) + rest
+    first = sigterm_at(victim, lambda line: line.startswith("wrote "))
     assert victim.returncode == 0, first
     assert "interrupted; rerun to continue" in first, first
     written = [int(line.split()[1]) for line in first.splitlines() if line.startswith("wrote ")]

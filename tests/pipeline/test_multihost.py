@@ -7,7 +7,6 @@ launch serves both tests (``generate`` whole, then ``score`` stopped), as each l
 """
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 from jaxalign.config import load_config
 from jaxalign.pipeline.generate import run_generate
 from jaxalign.pipeline.score import run_score
-from tests.pipeline.conftest import write_jsonl
+from tests.pipeline.conftest import sigterm_at, write_jsonl
 from tests.train.conftest import synthetic_preferences
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,18 +98,8 @@ def two(setup):
     env, overrides, root = setup
     out = root / "two"
     run = _two_processes(env, _stages(overrides, out), pause=0.5)
-    seen = []
-    try:
-        for line in run.stdout:
-            seen.append(line)
-            if line.startswith("wrote ") and "score.jsonl.part" in line:
-                run.send_signal(signal.SIGTERM)  # the launcher forwards it to both processes
-                break
-        rest, _ = run.communicate(timeout=300)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    log = "".join(seen) + rest
+    # the launcher forwards the SIGTERM to both processes
+    log = sigterm_at(run, lambda line: line.startswith("wrote ") and "score.jsonl.part" in line)
     assert run.returncode == 0, log[-4000:]
     return log, out
 
