@@ -162,16 +162,23 @@ def test_prune_by_fraction_from_the_cli(tmp_path, capsys, strategy):
 
 
 # ----------------------------------------------------------------------------- the main job's own recipe
-MAIN_STAGES = [("prune", "prune"), ("pairs", "generate"), ("cache log-probs", "score"), ("judge", "train"),
-               ("daDPO", "train"), ("eval", "eval")]
+MAIN_STAGES = [("prune", "prune"), ("teacher responses", "generate"), ("dSFT", "train"), ("pairs", "generate"),
+               ("cache log-probs", "score"), ("judge", "train"), ("daDPO", "train"), ("eval", "eval")]
+
+
+def _weights(folder):
+    return {k: v for f in folder.glob("*.safetensors") for k, v in load_file(f).items()}
 
 
 def test_main_recipe_runs_on_tiny_stand_ins(tiny_models, monkeypatch, tmp_path):
     """asset:main.yaml itself, its `bundled:smollm2-135m-instruct` teacher resolved to a tiny stand-in
-    folder, shrunk only in sizes: every stage runs, the student is the pruned teacher, the judge
-    trained only its scalar head (optimizer.trainable=score), and eval reports both students."""
+    folder, shrunk only in sizes, follows the daDPO paper's protocol: prune -> teacher responses -> dSFT
+    of the pruned student on them -> pairs (new teacher sample vs dSFT-student sample) -> reference
+    (= dSFT student) and teacher log-probs -> judge (only its scalar head trains) -> daDPO from the dSFT
+    student -> eval of the pruned, dSFT and daDPO students."""
     from jaxalign.models import bundled
     from jaxalign.pipeline.runner import run_pipeline
+    from jaxalign.train.trainer import EXPORT_PROVENANCE
 
     teacher = tiny_models[0]
     monkeypatch.setitem(bundled.BUNDLED, "smollm2-135m-instruct", lambda: teacher)
@@ -187,16 +194,43 @@ def test_main_recipe_runs_on_tiny_stand_ins(tiny_models, monkeypatch, tmp_path):
     assert [(r.name, r.run, r.status) for r in result.stages] == [(n, run, "ran") for n, run in MAIN_STAGES]
     root = tmp_path / "runs" / "main"
     assert json.loads((root / "student" / "config.json").read_text())["num_hidden_layers"] == 2  # 1 of 3 dropped
-    assert len((root / "pairs.jsonl").read_text().splitlines()) == 8
+
+    # dSFT: SFT of the pruned student on the teacher's responses, one epoch
+    responses = [json.loads(x) for x in (root / "teacher_responses.jsonl").read_text().splitlines()]
+    assert len(responses) == 8 and all(r["model"] == "teacher" and "response" in r for r in responses)
+    dsft = json.loads((root / "dsft" / "hf" / EXPORT_PROVENANCE).read_text())
+    assert dsft["config"]["loss.name"] == "sft" and dsft["config"]["model.path"] == "runs/main/student"
+    assert dsft["config"]["data.path"] == "runs/main/teacher_responses.jsonl" and dsft["steps"] == 2  # 8 rows / 4
+    pruned, dsft_weights = _weights(root / "student"), _weights(root / "dsft" / "hf")
+    assert any(not np.array_equal(pruned[k], dsft_weights[k]) for k in pruned)
+
+    # pairs: chosen = a new teacher sample, rejected = a sample of the dSFT student; reference = dSFT student
+    pairs = [json.loads(x) for x in (root / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 8 and {(r["chosen_model"], r["rejected_model"]) for r in pairs} == {("teacher", "student")}
+    by_prompt = {r["prompt_id"]: r["response"] for r in responses}
+    assert any(r["chosen"] != by_prompt[r["prompt_id"]] for r in pairs)  # sampled anew, not the dSFT data
+    pairs_record = json.loads((root / "pairs.jsonl.provenance.json").read_text())
+    score_record = json.loads((root / "pairs_scored.jsonl.provenance.json").read_text())
+    from jaxalign.config.schema import ModelSpec
+    from jaxalign.train.provenance import spec_fingerprint
+
+    dsft_print = spec_fingerprint(ModelSpec(path=str(root / "dsft" / "hf")))
+    assert pairs_record["model[student]"] == dsft_print and score_record["reference"] == dsft_print
     scored = [json.loads(x) for x in (root / "pairs_scored.jsonl").read_text().splitlines()]
     assert scored and all("teacher_chosen_logps" in r and "ref_rejected_logps" in r for r in scored)
+
+    # daDPO starts from the dSFT student (its reference) on the scored pairs
+    dadpo = json.loads((root / "hf" / EXPORT_PROVENANCE).read_text())
+    assert dadpo["config"]["loss.name"] == "dadpo" and dadpo["config"]["model.path"] == "runs/main/dsft/hf"
+    assert dadpo["config"]["data.path"] == "runs/main/pairs_scored.jsonl" and dadpo["steps"] == 2
     # the judge: the teacher's backbone, bit-identical, with a trained scalar head
-    src = {k: v for f in teacher.glob("*.safetensors") for k, v in load_file(f).items()}
-    judge = {k: v for f in (root / "judge" / "hf").glob("*.safetensors") for k, v in load_file(f).items()}
+    src, judge = _weights(teacher), _weights(root / "judge" / "hf")
     backbone = [k for k in judge if k in src]
     assert backbone and any("score" in k for k in judge if k not in src)
     for k in backbone:
         np.testing.assert_array_equal(judge[k], src[k], err_msg=k)
     evaluated = json.loads((root / "eval.json").read_text())
-    assert {"student (pruned)", "student + daDPO"} <= set(evaluated["models"])
+    assert list(evaluated["models"]) == ["teacher", "student (pruned)", "student + dSFT", "student + dSFT + daDPO"]
     assert all(0 <= m["win_rate_vs_teacher"] <= 1 for m in evaluated["models"].values())
+    report = result.report.read_text()
+    assert all(f"| {name} | {run} | ran |" in report for name, run in MAIN_STAGES) and "student + dSFT + daDPO" in report
