@@ -39,15 +39,15 @@ import logging
 import os
 import pathlib
 import re
-import shutil
 import tempfile
-import uuid
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from jaxalign.io.atomic import atomic_folder, check_destination
 
 __all__ = [
     "supported_architectures",
@@ -581,21 +581,6 @@ def _save_tokenizer(plan: _Plan, dest: pathlib.Path) -> None:
     _write_json(cfg_path, cfg)
 
 
-def _commit(tmp: pathlib.Path, out_dir: pathlib.Path) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir`` (replacing an existing one)."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    backup = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out_dir, backup)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(backup, out_dir)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 def gguf_to_hf(
     gguf_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -628,13 +613,9 @@ def gguf_to_hf(
     path = pathlib.Path(gguf_path)
     out_dir = pathlib.Path(out_dir)
 
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise FileExistsError(f"output path {out_dir} exists and is not a directory")
-        if any(out_dir.iterdir()) and not overwrite:
-            raise FileExistsError(f"output directory {out_dir} is not empty; pass overwrite=True to replace it")
-        if path.exists() and out_dir.resolve() in path.resolve().parents:
-            raise GGUFImportError(f"refusing to replace {out_dir}: it contains the source file {path}")
+    check_destination(out_dir, overwrite)
+    if out_dir.exists() and path.exists() and out_dir.resolve() in path.resolve().parents:
+        raise GGUFImportError(f"refusing to replace {out_dir}: it contains the source file {path}")
 
     reader = _open_reader(path)
     plan = _plan(path, reader, dtype=dtype)
@@ -646,10 +627,7 @@ def gguf_to_hf(
             )
         warnings.warn(f"{path} has no tokenizer: writing weights and config only", stacklevel=2)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic_folder(out_dir, overwrite=overwrite) as tmp:
         from safetensors.numpy import save_file
 
         logger.info("dequantising %d tensors from %s", len(plan.tensors), path)
@@ -664,8 +642,4 @@ def gguf_to_hf(
             _save_tokenizer(plan, tmp)
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
-        _commit(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -69,9 +69,9 @@ class Importance:
 
     def save(self, folder: str | Path) -> Path:
         """`folder/importance.json`, written atomically."""
-        from jaxalign.train.provenance import write_json_atomic
+        from jaxalign.io.atomic import write_json_atomic
 
-        return write_json_atomic(Path(folder) / IMPORTANCE_FILE, self.to_json())
+        return write_json_atomic(Path(folder) / IMPORTANCE_FILE, self.to_json(), indent=1, sort_keys=True, default=str)
 
 
 # ----------------------------------------------------------------------------- batches

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from safetensors.numpy import save_file
 
+from jaxalign.io.atomic import atomic_folder
 from jaxalign.models.checkpoint_names import TensorRule, module_param_path, rules_for
 from jaxalign.models.config import ConfigError, ModelConfig
 from jaxalign.models.decoder import Decoder, ScalarHeadModel
@@ -262,19 +262,6 @@ def _write_weights(tensors, folder: Path, max_shard_bytes: int):
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
 
-def commit_folder(tmp: Path, out_dir: Path, overwrite: bool):
-    """Move a finished temporary folder into place (replacing `out_dir` if allowed)."""
-    if out_dir.exists():
-        if not overwrite and any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
-        trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, trash)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-
-
 def save_pretrained(
     model: Decoder | ScalarHeadModel,
     tokenizer,
@@ -299,13 +286,7 @@ def save_pretrained(
         for _ in tensors:
             pass
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir, overwrite=overwrite) as tmp:
         hf = config.to_hf_dict(head=head, dtype=str(stored))
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
         gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf.get(k) is not None}
@@ -313,10 +294,6 @@ def save_pretrained(
         _write_weights(tensors, tmp, max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        commit_folder(tmp, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -33,6 +33,7 @@ from flax import nnx
 from jaxalign.config.schema import Config, ConfigError
 from jaxalign.data import DataError, prepare
 from jaxalign.generation.sampler import SamplingParams
+from jaxalign.io.atomic import write_json_atomic
 from jaxalign.losses import antisymmetric_difference
 from jaxalign.parallel import distributed
 from jaxalign.parallel.mesh import make_mesh
@@ -337,21 +338,10 @@ def run_eval(config: Config) -> dict:
     out = eval_output_path(config)
     if jax.process_index() == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(results, out)
+        write_json_atomic(out, results)
         write_sidecar(out, eval_provenance(config))
         if sample_rows:
             write_rows_atomic(sample_rows, out.with_name(out.stem + "_samples.jsonl"))
         print(format_table(results))
     log.info("eval: wrote %s (%.1f s)", out, results["seconds"])
     return results
-
-
-def _write_json(obj: dict, path: Path) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)

@@ -15,13 +15,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from jaxalign.data.errors import DataError
 from jaxalign.data.sources import load_source
+from jaxalign.io.atomic import atomic_path, write_text_atomic
 
 __all__ = ["load_prompts", "load_table", "RowWriter", "asset_path", "fold_parts", "iter_batches", "part_files", "part_path",
            "prompt_key", "write_rows_atomic"]
@@ -256,24 +256,17 @@ def fold_parts(writer: RowWriter, order: Callable[[dict], Any]) -> int:
 
 
 def write_rows_atomic(rows: Sequence[Mapping[str, Any]], output: str | os.PathLike) -> Path:
-    """Write rows as ``.jsonl`` or ``.parquet`` through a temporary file renamed into place."""
+    """Write rows as ``.jsonl`` or ``.parquet`` atomically (see :mod:`jaxalign.io.atomic`)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        if output.suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+    if output.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                _fsync_write(f, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        table = pa.Table.from_pylist(list(rows))
+        with atomic_path(output) as tmp:
+            pq.write_table(table, str(tmp))
+    else:
+        write_text_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return output
 
 

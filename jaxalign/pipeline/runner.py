@@ -26,6 +26,7 @@ import yaml
 
 from jaxalign.config import load_config, to_yaml
 from jaxalign.config.schema import Config, ConfigError
+from jaxalign.io.atomic import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def run_prune(config: Config) -> tuple[Path, list[int]]:
     provenance (``jaxalign_provenance.json``) and, when measured, the importance statistics."""
     from jaxalign.models.prune import prune_checkpoint
     from jaxalign.models.resolve import resolve_model_path
-    from jaxalign.train.provenance import write_json_atomic
+    from jaxalign.train.provenance import write_record
 
     pr = config.prune
     record = prune_provenance(config)
@@ -101,7 +102,7 @@ def run_prune(config: Config) -> tuple[Path, list[int]]:
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     result = prune_checkpoint(resolve_model_path(pr.source or config.teacher.path), pr.output, prune_spec(config),
                               overwrite=False, mesh=mesh, show_progress=config.logging.progress_bar)
-    write_json_atomic(Path(result.path) / PRUNE_PROVENANCE, record)
+    write_record(Path(result.path) / PRUNE_PROVENANCE, record)
     return result.path, result.dropped
 
 
@@ -300,7 +301,6 @@ def write_report(config: Config, records: list[StageRecord], eval_results: dict 
     from jaxalign.pipeline.evaluate import format_table
 
     path = Path(config.pipeline.report or f"{config.train.output_dir.rstrip('/')}/report.md")
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# jaxalign pipeline report", "", "| stage | run | status | seconds | detail |", "|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.run} | {r.status} | {r.seconds:.1f} | {r.detail} |" for r in records]
     lines += ["", f"total: {sum(r.seconds for r in records):.1f} s; peak host memory (max RSS of this process): {peak_rss_mb:.0f} MB"]
@@ -309,8 +309,7 @@ def write_report(config: Config, records: list[StageRecord], eval_results: dict 
         lines += ["", "## Evaluation", "", format_table(eval_results)]
         if plot:
             lines += ["", f"![eval metrics]({plot.name})"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def plot_eval(results: dict, out: Path) -> Path | None:
@@ -336,6 +335,9 @@ def plot_eval(results: dict, out: Path) -> Path | None:
         ax.set_title(METRICS[key], fontsize=9)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_file(out, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return out

@@ -33,10 +33,11 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from jaxalign.io.atomic import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -134,21 +135,6 @@ def read_metrics(jsonl_path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file next to ``path``, fsync, then ``os.replace`` it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 class MetricsLogger:
     """Log training/eval metrics to JSONL + TensorBoard and drive a tqdm progress bar (main process only).
 
@@ -207,7 +193,7 @@ class MetricsLogger:
             walls = [r["wall_time"] for r in kept if isinstance(r.get("wall_time"), (int, float))]
             self._wall_offset = max(walls, default=0.0)
             if len(kept) != n_lines or (raw and not raw.endswith(b"\n")):
-                _atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in kept))
+                write_text_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in kept))
             self._file = open(self.jsonl_path, "a", encoding="utf-8")
         else:
             self._file = open(self.jsonl_path, "w", encoding="utf-8")
@@ -370,7 +356,7 @@ def plot_metrics(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, *,
     The train curve is drawn raw, plus an EMA (``smoothing``; None/0 turns it
     off) when it has more than 50 points; every other split (eval) is overlaid
     as markers.  Uses the Agg canvas directly (no pyplot, no display).  The
-    PNG is written to a temp file and ``os.replace``-d into place.  Returns the
+    PNG is written atomically (:func:`jaxalign.io.atomic.atomic_file`).  Returns the
     path, or None (nothing written) when none of the keys has a finite value.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -408,16 +394,8 @@ def plot_metrics(jsonl_path: str | os.PathLike, png_path: str | os.PathLike, *,
     fig.tight_layout()
 
     png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=png_path.parent, prefix=f".{png_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, png_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(png_path, "wb") as f:
+        fig.savefig(f, format="png")
     return png_path
 
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from jaxalign.data.errors import DataError
+from jaxalign.io.atomic import write_json_atomic
 
 __all__ = ["FULL_HASH_LIMIT", "ProvenanceError", "check_match", "diff", "file_digest", "files_digest", "flatten",
-           "model_fingerprint", "read_sidecar", "sidecar_path", "write_json_atomic", "write_sidecar"]
+           "model_fingerprint", "read_sidecar", "sidecar_path", "write_record", "write_sidecar"]
 
 FULL_HASH_LIMIT = 256 * 1024**2
 BLOCK = 1024**2
@@ -151,22 +152,14 @@ def read_sidecar(output: str | os.PathLike) -> dict | None:
     return record
 
 
-def write_json_atomic(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
-    """Write ``record`` as JSON to ``path`` through a temporary file renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Write a provenance record to ``path`` atomically: sorted keys, values JSON cannot hold as ``str``."""
+    return write_json_atomic(path, record, indent=1, sort_keys=True, default=str)
 
 
 def write_sidecar(output: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     """Record ``record`` as the provenance of ``output``."""
-    return write_json_atomic(sidecar_path(output), record)
+    return write_record(sidecar_path(output), record)
 
 
 # --------------------------------------------------------------------------- records of a run

@@ -285,12 +285,12 @@ class Trainer:
 
     def export(self) -> Path:
         """Write the policy to ``{output_dir}/hf`` with ``jaxalign_provenance.json`` (config, steps, data digest)."""
-        from jaxalign.train.provenance import flatten, write_json_atomic
+        from jaxalign.train.provenance import flatten, write_record
 
         model = nnx.merge(self.graphdefs.policy, self.state["params"])
         out = save_pretrained(model, self.tokenizer, self.output_dir / "hf", overwrite=True)
-        write_json_atomic(Path(out) / EXPORT_PROVENANCE, {"config": flatten(yaml.safe_load(self.yaml_text)),
-                                                          "steps": self.total_steps, **self.provenance})
+        write_record(Path(out) / EXPORT_PROVENANCE, {"config": flatten(yaml.safe_load(self.yaml_text)),
+                                                     "steps": self.total_steps, **self.provenance})
         return out
 
     def run(self) -> TrainResult:
