@@ -72,13 +72,6 @@ def check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def check_ndim(name: str, array: Any, ndim: int, what: str) -> None:
-    """Raise unless ``array`` has ``ndim`` dimensions (``what`` names them, e.g. "[batch]")."""
-    shape = np.shape(array)
-    if len(shape) != ndim:
-        raise ValueError(f"{name} must have shape {what}, got shape {tuple(shape)}")
-
-
 def check_same_shape(reference_name: str, reference: Any, **others: Any) -> None:
     """Raise ``ValueError`` naming the first of ``others`` whose shape differs from ``reference``'s."""
     ref_shape = tuple(np.shape(reference))

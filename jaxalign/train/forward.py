@@ -110,8 +110,3 @@ def split_pairs(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`[2B, K]` (chosen rows then rejected rows) -> two flat `[B*K]` arrays."""
     half = x.shape[0] // 2
     return x[:half].reshape(-1), x[half:].reshape(-1)
-
-
-def scalar_scores(model, seqs_ids, positions, segment_ids, last_index) -> jax.Array:
-    """Scalar-head outputs `[N]` read at `last_index` (reward / difference models)."""
-    return model(seqs_ids, positions, segment_ids, last_index)
