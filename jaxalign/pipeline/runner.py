@@ -25,12 +25,12 @@ from typing import Callable, Sequence
 import yaml
 
 from jaxalign.config import load_config, to_yaml
-from jaxalign.config.schema import Config, ConfigError
+from jaxalign.config.schema import STAGES, Config, ConfigError
 from jaxalign.io.atomic import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageRecord", "PipelineResult", "run_pipeline", "run_prune", "DEFAULT_PIPELINE"]
+__all__ = ["StageRecord", "PipelineResult", "STAGE_RUNNERS", "run_pipeline", "run_prune", "DEFAULT_PIPELINE"]
 
 #: The main job's recipe, shipped inside the package.
 DEFAULT_PIPELINE = "asset:main.yaml"
@@ -198,54 +198,86 @@ def _train_plan(config: Config) -> tuple[str, str]:
     return "run", ""
 
 
+def _stage_prune(config: Config) -> tuple[str, str]:
+    """``prune``: skipped when ``prune.output`` was made by these settings; else (re)pruned."""
+    out = Path(config.prune.output)
+    note = ""
+    if (out / "config.json").is_file():
+        why = _stale(_read_json(out / PRUNE_PROVENANCE), prune_provenance(config))
+        if why is None:
+            return "skipped", f"{config.prune.output} exists and was made by this config"
+        note = f"rerun because {why}; previous output moved to {_set_aside([out])}; "
+    out, dropped = run_prune(config)
+    return "ran", f"{note}dropped layers {dropped} -> {out}"
+
+
+def _stage_train(config: Config) -> tuple[str, str]:
+    """``train``: skipped, resumed or rerun as :func:`_train_plan` decides."""
+    from jaxalign.train.trainer import train
+
+    plan, note = _train_plan(config)
+    if plan == "skip":
+        return "skipped", note
+    result = train(config)
+    if result.preempted:
+        return "interrupted", f"{note}stopped at step {result.steps}; rerun to resume"
+    return "ran", note + (f"{result.steps} steps, final loss {result.losses[-1]:.4f}" if result.losses else "ran")
+
+
+def _stage_generate(config: Config) -> tuple[str, str]:
+    """``generate``: continues an output with matching provenance, sets a mismatching one aside."""
+    from jaxalign.pipeline.generate import generate_provenance, generation_models, run_generate
+
+    note = _check_file_stage(config.generate.output, generate_provenance(config, generation_models(config)), "generate")
+    r = run_generate(config)
+    status = "interrupted" if r.interrupted else ("ran" if r.new_rows else "skipped")
+    return status, f"{note}{r.rows} rows, {r.new_rows} new, {r.tokens_per_second:.1f} tokens/s"
+
+
+def _stage_score(config: Config) -> tuple[str, str]:
+    """``score``: continues an output with matching provenance, sets a mismatching one aside."""
+    from jaxalign.pipeline.score import run_score, score_provenance
+
+    note = _check_file_stage(config.score.output, score_provenance(config, config.score.input or config.data.path), "score")
+    r = run_score(config)
+    status = "interrupted" if r.interrupted else ("ran" if r.new_rows else "skipped")
+    return status, f"{note}{r.rows} rows: {', '.join(r.columns)}"
+
+
+def _stage_eval(config: Config) -> tuple[str, str]:
+    """``eval``: skipped when its results were made by these models and settings; else (re)evaluated."""
+    from jaxalign.pipeline.evaluate import eval_output_path, eval_provenance, run_eval
+
+    out = eval_output_path(config)
+    note = ""
+    if out.is_file():
+        note = _check_file_stage(str(out), eval_provenance(config), "eval")
+        if not note:
+            return "skipped", f"{out} exists and was made by these models and settings"
+    run_eval(config)
+    return "ran", f"{note}{out}"
+
+
+#: ``pipeline.stages[].run`` -> the function that runs that stage on its resolved config and returns
+#: ``(status, detail)``: status "ran" | "skipped" | "interrupted", detail one line for the report.
+STAGE_RUNNERS: dict[str, Callable[[Config], tuple[str, str]]] = {
+    "prune": _stage_prune,
+    "train": _stage_train,
+    "generate": _stage_generate,
+    "score": _stage_score,
+    "eval": _stage_eval,
+}
+
+if set(STAGE_RUNNERS) != set(STAGES):  # the config's choices for ``run`` and this table must list the same kinds
+    raise RuntimeError(f"jaxalign.pipeline.runner.STAGE_RUNNERS ({', '.join(STAGE_RUNNERS)}) and "
+                       f"jaxalign.config.schema.STAGES ({', '.join(STAGES)}) name different stage kinds")
+
+
 def _stage(config: Config, run: str) -> tuple[str, str]:
-    """Run one stage; returns (status, detail)."""
-    if run == "prune":
-        out = Path(config.prune.output)
-        note = ""
-        if (out / "config.json").is_file():
-            why = _stale(_read_json(out / PRUNE_PROVENANCE), prune_provenance(config))
-            if why is None:
-                return "skipped", f"{config.prune.output} exists and was made by this config"
-            note = f"rerun because {why}; previous output moved to {_set_aside([out])}; "
-        out, dropped = run_prune(config)
-        return "ran", f"{note}dropped layers {dropped} -> {out}"
-    if run == "train":
-        from jaxalign.train.trainer import train
-
-        plan, note = _train_plan(config)
-        if plan == "skip":
-            return "skipped", note
-        result = train(config)
-        if result.preempted:
-            return "interrupted", f"{note}stopped at step {result.steps}; rerun to resume"
-        return "ran", note + (f"{result.steps} steps, final loss {result.losses[-1]:.4f}" if result.losses else "ran")
-    if run == "generate":
-        from jaxalign.pipeline.generate import generate_provenance, generation_models, run_generate
-
-        note = _check_file_stage(config.generate.output, generate_provenance(config, generation_models(config)), "generate")
-        r = run_generate(config)
-        status = "interrupted" if r.interrupted else ("ran" if r.new_rows else "skipped")
-        return status, f"{note}{r.rows} rows, {r.new_rows} new, {r.tokens_per_second:.1f} tokens/s"
-    if run == "score":
-        from jaxalign.pipeline.score import run_score, score_provenance
-
-        note = _check_file_stage(config.score.output, score_provenance(config, config.score.input or config.data.path), "score")
-        r = run_score(config)
-        status = "interrupted" if r.interrupted else ("ran" if r.new_rows else "skipped")
-        return status, f"{note}{r.rows} rows: {', '.join(r.columns)}"
-    if run == "eval":
-        from jaxalign.pipeline.evaluate import eval_output_path, eval_provenance, run_eval
-
-        out = eval_output_path(config)
-        note = ""
-        if out.is_file():
-            note = _check_file_stage(str(out), eval_provenance(config), "eval")
-            if not note:
-                return "skipped", f"{out} exists and was made by these models and settings"
-        run_eval(config)
-        return "ran", f"{note}{out}"
-    raise ConfigError(f"pipeline stage run={run!r} is not one of prune, train, generate, score, eval")
+    """Run one stage of kind ``run``; returns (status, detail)."""
+    if run not in STAGE_RUNNERS:
+        raise ConfigError(f"pipeline stage run={run!r} is not one of {', '.join(STAGE_RUNNERS)}")
+    return STAGE_RUNNERS[run](config)
 
 
 def run_pipeline(path: str | None, overrides: Sequence[str] = (), *,

@@ -136,3 +136,15 @@ def test_a_later_stage_s_bad_value_is_refused_before_the_first_stage(tiny_models
     with pytest.raises(ConfigError, match="optimizer.lr"):
         run_pipeline(RECIPE, [*_tiny(tiny_models[0], prompts_file), "optimizer.lr=-1"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_stages_are_dispatched_from_the_registry(monkeypatch):
+    from jaxalign.config.schema import STAGES as KINDS
+    from jaxalign.pipeline import runner
+
+    assert tuple(runner.STAGE_RUNNERS) == tuple(KINDS)  # every kind the config accepts has a runner, in the same order
+    seen = []
+    monkeypatch.setitem(runner.STAGE_RUNNERS, "eval", lambda config: seen.append(config) or ("skipped", "stub"))
+    assert runner._stage("cfg", "eval") == ("skipped", "stub") and seen == ["cfg"]
+    with pytest.raises(ConfigError, match=r"run='distil' is not one of prune, train, generate, score, eval"):
+        runner._stage("cfg", "distil")
