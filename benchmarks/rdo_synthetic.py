@@ -24,11 +24,14 @@ Pipeline (jaxalign's public pieces only: `load_config`, `jaxalign.train.trainer.
    The raw model's asymmetry mean |D(x,a,b) + D(x,b,a)| (`make_pair_differences`) shows what it removes.
 4. `score` stage on the DPO training pairs: reference log-probs, rdo_difference and rdo_weight
    (loss.rdo.transform, normalised to mean 1).
-5. DPO and RDO-DPO (loss.rdo.enabled=true) from the SFT policy on that same scored file: same steps, lr, β,
-   batch; ``--replicates`` runs each with data.seed = 0, 1, ... (the shuffle order), paired across methods.
-   Both add the same NLL term on the chosen responses (loss.nll_weight=0.5, ``--nll-weight``): with
-   ``--nll-weight 0`` both DPO variants move probability to an early EOS (every training response has the same
-   length, so nothing in the pairs pins the length) and the held-out reward mostly measures that collapse.
+5. For each preference family (``--families``, default DPO, KTO and RRHF) and each NLL weight (``--nll-weights``,
+   default 0.5 and 0): the family and its RDO variant (loss.rdo.enabled=true: RDO-DPO, RDO-KTO, RDO-RRHF) from the
+   SFT policy on that same scored file: same steps, lr, batch (β for DPO and KTO); ``--replicates`` runs each with
+   data.seed = 0, 1, ... (the shuffle order), paired across methods. The NLL term is the chosen response's token-mean
+   NLL (DPO: loss.nll_weight; RRHF: its own loss.rrhf_nll_weight). KTO's objective has no NLL term, so KTO runs
+   only without it; KTO reads each pair as a desirable (chosen) and an undesirable (rejected) example, each with
+   its pair's RDO weight. Without NLL, DPO moves probability to an early EOS (every training response has the
+   same length, so nothing in the pairs pins the length) and the held-out reward mostly measures that collapse.
 6. Held-out true reward of every policy (and of the SFT policy): ``--samples`` samples for each of
    ``--eval-prompts`` held-out prompts with the KV-cache sampler (temperature 1, one fixed seed for all).
 
@@ -192,7 +195,8 @@ class Settings:
     dpo_steps: int = 100
     dpo_lr: float = 3e-4
     beta: float = 0.1
-    nll_weight: float = 0.5
+    families: str = "dpo,kto,rrhf"
+    nll_weights: str = "0.5,0"
     rdo_transform: str = "sigmoid"
     rdo_temperature: float = 1.0
     replicates: int = 3
@@ -208,6 +212,39 @@ class Settings:
     def lengths(self) -> tuple[int, int]:
         return self.min_len, self.max_len
 
+    @property
+    def family_list(self) -> list[str]:
+        out = [f.strip() for f in self.families.split(",") if f.strip()]
+        bad = [f for f in out if f not in FAMILIES]
+        if bad or not out:
+            raise ValueError(f"--families {self.families!r}: each must be one of {', '.join(FAMILIES)}")
+        return out
+
+    @property
+    def nll_list(self) -> list[float]:
+        try:
+            out = [float(x) for x in self.nll_weights.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--nll-weights {self.nll_weights!r}: a comma-separated list of numbers >= 0") from None
+        if not out or any(x < 0 for x in out):
+            raise ValueError(f"--nll-weights {self.nll_weights!r}: a comma-separated list of numbers >= 0")
+        return out
+
+
+#: Preference families compared with and without RDO weights: (label, overrides given beta and NLL weight).
+#: The NLL term is the chosen response's token-mean NLL: ``loss.nll_weight`` for DPO, RRHF's own
+#: ``loss.rrhf_nll_weight``; KTO's objective has none, so KTO runs only without it.
+FAMILIES = {
+    "dpo": ("DPO", lambda beta, nll: ["loss.name=dpo", f"loss.beta={beta}", f"loss.nll_weight={nll}"]),
+    "kto": ("KTO", lambda beta, nll: ["loss.name=kto", f"loss.beta={beta}"]),
+    "rrhf": ("RRHF", lambda beta, nll: ["loss.name=rrhf", f"loss.rrhf_nll_weight={nll}"]),
+}
+
+
+def family_nll_weights(s: "Settings", family: str) -> list[float]:
+    """The NLL weights ``family`` runs with: all of ``--nll-weights``, except KTO (no NLL term): 0 only."""
+    return [0.0] if family == "kto" else s.nll_list
+
 
 def quiet_overrides(out_dir: Path) -> list[str]:
     return [f"train.output_dir={out_dir}", "logging.tensorboard=false", "logging.progress_bar=false",
@@ -216,8 +253,10 @@ def quiet_overrides(out_dir: Path) -> list[str]:
 
 
 def policy_data(s: Settings, data: Path) -> list[str]:
-    return [f"data.path={data}", f"data.batch_size={s.batch_size}", f"data.max_length={s.policy_length}",
-            "data.max_prompt_length=12", f"data.buckets=[{s.policy_length}]"]
+    """Policy rows fit ``policy_length`` (their bucket); ``data.max_length`` is the score stage's (the pairwise
+    layout's), so the reference log-probs it caches carry the data settings training checks them against."""
+    return [f"data.path={data}", f"data.batch_size={s.batch_size}", f"data.max_length={s.pairwise_length}",
+            "data.max_prompt_length=12", f"data.buckets=[{s.policy_length},{s.pairwise_length}]"]
 
 
 def difference_model_overrides(s: Settings, out: Path, data: Path, init: list[str], steps: int) -> list[str]:
@@ -331,14 +370,20 @@ def difference_model_quality(s: Settings, work: Path, policy: list[str], dm: Pat
     }
 
 
-def train_dpo(s: Settings, work: Path, name: str, policy: Path, data: Path, rdo: bool, data_seed: int) -> tuple[Path, dict]:
+def train_policy(s: Settings, work: Path, name: str, policy: Path, data: Path, family: str, nll: float, rdo: bool,
+                 data_seed: int) -> tuple[Path, dict]:
+    """``family`` (dpo / kto / rrhf; RDO-weighted with ``rdo``) from the SFT policy on the scored pairs."""
     out = work / name
-    result = run_train([*quiet_overrides(out), f"model.path={policy}", "loss.name=dpo", f"loss.beta={s.beta}",
-                        f"loss.nll_weight={s.nll_weight}",
+    result = run_train([*quiet_overrides(out), f"model.path={policy}", *FAMILIES[family][1](s.beta, nll),
                         f"loss.rdo.enabled={str(rdo).lower()}", *policy_data(s, data), f"data.seed={data_seed}",
                         f"train.steps={s.dpo_steps}", f"optimizer.lr={s.dpo_lr}", f"train.seed={s.seed}"],
                        out / "log.txt")
     return out / "hf", {"final_loss": result.losses[-1], "steps": result.steps}
+
+
+def variant(family: str, nll: float, rdo: bool) -> str:
+    """Key of one trained variant, e.g. ``rdo_kto_nll0``."""
+    return f"{'rdo_' if rdo else ''}{family}_nll{nll:g}"
 
 
 def heldout_prompts(s: Settings) -> list[str]:
@@ -410,25 +455,35 @@ def run(s: Settings, work: Path) -> dict:
 
     prompts = heldout_prompts(s)
     rewards = {"sft": policy_reward(s, sft, prompts)}
+    combos = [(f, nll) for f in s.family_list for nll in family_nll_weights(s, f)]
     runs = []
     for k in range(s.replicates):
         row = {"data_seed": k}
-        for name, rdo in (("dpo", False), ("rdo_dpo", True)):
-            path, info = train_dpo(s, work, f"{name}_{k}", sft, scored, rdo, data_seed=k)
-            row[name] = {**policy_reward(s, path, prompts), **info}
+        for family, nll in combos:
+            for rdo in (False, True):
+                key = variant(family, nll, rdo)
+                path, info = train_policy(s, work, f"{key}_{k}", sft, scored, family, nll, rdo, data_seed=k)
+                row[key] = {**policy_reward(s, path, prompts), **info}
+                shutil.rmtree(path.parent / "checkpoints", ignore_errors=True)  # only the export is kept
+            base, rdo_ = row[variant(family, nll, False)], row[variant(family, nll, True)]
+            print(f"         replicate {k}: {FAMILIES[family][0]} (NLL {nll:g}) {base['mean_true_reward']:+.3f}, "
+                  f"RDO-{FAMILIES[family][0]} {rdo_['mean_true_reward']:+.3f}", flush=True)
         runs.append(row)
-        print(f"         replicate {k}: DPO {row['dpo']['mean_true_reward']:+.3f}, "
-              f"RDO-DPO {row['rdo_dpo']['mean_true_reward']:+.3f}", flush=True)
-    lap(f"DPO + RDO-DPO x {s.replicates} replicates (train + held-out sampling)")
+    lap(f"{len(combos)} x (base + RDO) x {s.replicates} replicates (train + held-out sampling)")
     timings["total"] = round(time.perf_counter() - t0, 1)
 
-    summary = {}
-    for name in ("dpo", "rdo_dpo"):
-        m, e = mean_sem([r[name]["mean_true_reward"] for r in runs])
-        summary[name] = {"mean_true_reward": m, "sem_over_replicates": e,
-                         "mean_length": float(np.mean([r[name]["mean_length"] for r in runs]))}
-    diffs = [r["rdo_dpo"]["mean_true_reward"] - r["dpo"]["mean_true_reward"] for r in runs]
-    dm_, de = mean_sem(diffs)
+    summary, comparisons = {}, []
+    for family, nll in combos:
+        keys = {rdo: variant(family, nll, rdo) for rdo in (False, True)}
+        for key in keys.values():
+            m, e = mean_sem([r[key]["mean_true_reward"] for r in runs])
+            summary[key] = {"mean_true_reward": m, "sem_over_replicates": e,
+                            "mean_length": float(np.mean([r[key]["mean_length"] for r in runs]))}
+        diffs = [r[keys[True]]["mean_true_reward"] - r[keys[False]]["mean_true_reward"] for r in runs]
+        dm_, de = mean_sem(diffs)
+        comparisons.append({"family": family, "nll_weight": nll, "base": keys[False], "rdo": keys[True],
+                            "rdo_minus_base": dm_, "sem": de, "wins": int(sum(d > 0 for d in diffs)),
+                            "replicates": len(diffs)})
     return {
         "settings": dataclasses.asdict(s),
         "task": {"good": GOOD, "bad": BAD, "neutral": NEUTRAL, "bt_scale": s.bt_scale,
@@ -443,7 +498,7 @@ def run(s: Settings, work: Path) -> dict:
         "sft": rewards["sft"],
         "replicates": runs,
         "summary": summary,
-        "rdo_minus_dpo": {"mean": dm_, "sem": de, "wins": int(sum(d > 0 for d in diffs)), "replicates": len(diffs)},
+        "comparisons": comparisons,
         "seconds": timings,
     }
 
@@ -454,7 +509,7 @@ def table(r: dict) -> str:
     lines = [
         f"RDO synthetic benchmark: true reward = #[{t['good']}] - #[{t['bad']}] letters, responses "
         f"{s['min_len']}-{s['max_len']} letters, Bradley–Terry labels (scale {s['bt_scale']})",
-        f"model preset {s['preset']}, seed {s['seed']}; DPO data: {t['dpo_label_flip_rate']:.1%} labels flipped, "
+        f"model preset {s['preset']}, seed {s['seed']}; preference data: {t['dpo_label_flip_rate']:.1%} labels flipped, "
         f"{t['dpo_tie_rate']:.1%} ties, mean |true gap| {t['dpo_abs_gap_mean']:.2f} (max {t['dpo_abs_gap_max']:.0f})",
         "",
         "| difference model, held-out pairs | value |",
@@ -468,31 +523,30 @@ def table(r: dict) -> str:
         f"| DPO pairs: mean rdo_weight on flipped / tied / correct labels | {w['mean_on_flipped_labels']:.3f} / "
         f"{w['mean_on_ties'] if w['mean_on_ties'] is not None else float('nan'):.3f} / {w['mean_on_correct_labels']:.3f} |",
         "",
-        "| policy | held-out true reward | mean length |",
-        "|---|---|---|",
-        f"| SFT (initial) | {r['sft']['mean_true_reward']:+.3f} ± {r['sft']['sem']:.3f} (s.e. over samples) | "
-        f"{r['sft']['mean_length']:.1f} |",
+        "| policy | NLL weight | held-out true reward, mean ± s.e. over replicates | mean length | "
+        "RDO − base (paired by data.seed) | RDO higher in |",
+        "|---|---|---|---|---|---|",
+        f"| SFT (initial) | | {r['sft']['mean_true_reward']:+.3f} ± {r['sft']['sem']:.3f} (s.e. over samples) | "
+        f"{r['sft']['mean_length']:.1f} | | |",
     ]
-    for k, rep in enumerate(r["replicates"]):
-        for name, label in (("dpo", "DPO"), ("rdo_dpo", "RDO-DPO")):
-            x = rep[name]
-            lines.append(f"| {label}, data.seed={rep['data_seed']} | {x['mean_true_reward']:+.3f} ± {x['sem']:.3f} "
-                         f"(s.e. over samples) | {x['mean_length']:.1f} |")
-    for name, label in (("dpo", "DPO"), ("rdo_dpo", "RDO-DPO")):
-        x = r["summary"][name]
-        lines.append(f"| **{label}, mean of {len(r['replicates'])}** | **{x['mean_true_reward']:+.3f} ± "
-                     f"{x['sem_over_replicates']:.3f}** (s.e. over replicates) | {x['mean_length']:.1f} |")
-    d = r["rdo_minus_dpo"]
+    for c in r["comparisons"]:
+        label = FAMILIES[c["family"]][0]
+        base, rdo = r["summary"][c["base"]], r["summary"][c["rdo"]]
+        lines.append(f"| {label} | {c['nll_weight']:g} | {base['mean_true_reward']:+.3f} ± {base['sem_over_replicates']:.3f} | "
+                     f"{base['mean_length']:.1f} | | |")
+        lines.append(f"| RDO-{label} | {c['nll_weight']:g} | {rdo['mean_true_reward']:+.3f} ± {rdo['sem_over_replicates']:.3f} | "
+                     f"{rdo['mean_length']:.1f} | **{c['rdo_minus_base']:+.3f} ± {c['sem']:.3f}** | "
+                     f"{c['wins']}/{c['replicates']} |")
+    if "kto" in s["families"] and any(x > 0 for x in [float(v) for v in s["nll_weights"].split(",") if v.strip()]):
+        lines.append("| KTO, RDO-KTO | > 0 | not run: the KTO objective has no NLL term | | | |")
     lines += [
         "",
-        f"RDO-DPO - DPO (paired by data.seed): {d['mean']:+.3f} ± {d['sem']:.3f}; RDO-DPO higher in "
-        f"{d['wins']}/{d['replicates']} replicates",
-        f"steps: SFT {s['sft_steps']}, difference model {s['dm_steps']}, DPO and RDO-DPO {s['dpo_steps']} each "
-        f"(batch {s['batch_size']}, lr {s['dpo_lr']} constant, beta {s['beta']}, nll_weight {s['nll_weight']}, "
-        f"rdo {s['rdo_transform']} tau={s['rdo_temperature']})",
-        f"data: SFT {s['sft_rows']} rows, difference model {s['dm_rows']} pairs, DPO {s['dpo_rows']} pairs, "
-        f"held-out {s['heldout_pairs']} pairs, {s['eval_prompts']} held-out prompts x {s['samples']} samples "
-        f"(max {s['max_new_tokens']} new tokens, temperature 1)",
+        f"steps: SFT {s['sft_steps']}, difference model {s['dm_steps']}, every policy {s['dpo_steps']} "
+        f"(batch {s['batch_size']}, lr {s['dpo_lr']} constant, beta {s['beta']} for DPO and KTO; "
+        f"rdo {s['rdo_transform']} tau={s['rdo_temperature']}); NLL: loss.nll_weight (DPO), loss.rrhf_nll_weight (RRHF)",
+        f"data: SFT {s['sft_rows']} rows, difference model {s['dm_rows']} pairs, preference {s['dpo_rows']} pairs "
+        f"(KTO: each pair split into a desirable and an undesirable example), held-out {s['heldout_pairs']} pairs, "
+        f"{s['eval_prompts']} held-out prompts x {s['samples']} samples (max {s['max_new_tokens']} new tokens, temperature 1)",
         "wall time (s): " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()),
     ]
     return "\n".join(lines)
