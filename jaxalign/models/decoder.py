@@ -115,6 +115,15 @@ class Decoder(nnx.Module):
         self.final_norm = make_param(rngs, ParamSpec((D,), VECTOR, _norm_init(config)), param_dtype)
         untied = lm_head and not config.tie_word_embeddings
         self.lm_head = make_param(rngs, ParamSpec((D, V), IN_OUT), param_dtype) if untied else None
+        self.lora = nnx.data(None)  # LoRA adapters (`jaxalign.models.lora.add_lora`), or None
+
+    def layer_arrays(self) -> dict:
+        """The stacked per-layer weights `{name: [L, ...]}`; with enabled LoRA adapters the adapted
+        projections are `LoraWeight`s (base weight and adapter pair, each with the layer axis first)."""
+        stacked = self.layers.arrays()
+        if self.lora is None or not self.lora.enabled:
+            return stacked
+        return self.lora.wrap(stacked)
 
     @property
     def family(self):
@@ -156,7 +165,7 @@ class Decoder(nnx.Module):
             kvs = []
             for j, kind in enumerate(block_kinds):
                 x = constrain_rows(x)
-                x, kv, a = family.layer(config, kind, {k: v[j] for k, v in p.items()}, x, ctx)
+                x, kv, a = family.layer(config, kind, jax.tree.map(lambda v: v[j], p), x, ctx)
                 aux = aux + a
                 kvs.append(kv if return_kv else None)
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *kvs) if return_kv else None
@@ -168,22 +177,22 @@ class Decoder(nnx.Module):
                 fn = jax.checkpoint(fn, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
             return fn
 
-        stacked = self.layers.arrays()
+        stacked = self.layer_arrays()
         carry = (x, family.aux_zeros(config))
         kv_parts = []
         if self.layer_loop == "unroll":
             for i in range(config.num_layers):
                 body = checkpointed((kinds[i],))
-                carry, kv = body(carry, {k: v[i:i + 1] for k, v in stacked.items()})
+                carry, kv = body(carry, jax.tree.map(lambda v: v[i:i + 1], stacked))
                 kv_parts.append(kv)
         else:
             n_blocks, rest = divmod(config.num_layers, period)
             if n_blocks:
-                blocks = {k: v[: n_blocks * period].reshape(n_blocks, period, *v.shape[1:]) for k, v in stacked.items()}
+                blocks = jax.tree.map(lambda v: v[: n_blocks * period].reshape(n_blocks, period, *v.shape[1:]), stacked)
                 carry, kv = jax.lax.scan(checkpointed(kinds[:period]), carry, blocks)
                 kv_parts.append(None if kv is None else jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), kv))
             if rest:
-                carry, kv = checkpointed(kinds[n_blocks * period:])(carry, {k: v[n_blocks * period:] for k, v in stacked.items()})
+                carry, kv = checkpointed(kinds[n_blocks * period:])(carry, jax.tree.map(lambda v: v[n_blocks * period:], stacked))
                 kv_parts.append(kv)
         x, aux = carry
         aux = family.aux_loss(config, aux)
@@ -231,8 +240,8 @@ class Decoder(nnx.Module):
     def unstacked_layers(self) -> list[dict[str, jax.Array]]:
         """Per-layer parameter dicts. Decoding slices them once, outside its loop: on CPU a
         dynamic slice of the stacked weights is copied at every use, tripling per-token cost."""
-        stacked = self.layers.arrays()
-        return [{k: v[i] for k, v in stacked.items()} for i in range(self.config.num_layers)]
+        stacked = self.layer_arrays()
+        return [jax.tree.map(lambda v: v[i], stacked) for i in range(self.config.num_layers)]
 
     def init_cache(self, batch_size: int, cache_size: int, dtype=None) -> list[tuple[jax.Array, jax.Array]]:
         """Zeroed KV cache: one (k, v) pair `[B, S, K, Dh]` per layer."""

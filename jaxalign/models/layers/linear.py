@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxalign.models.layers.lora import LoraWeight, lora_delta
+
 
 @jax.custom_vjp
 def _matmul(x, w):
@@ -42,10 +44,16 @@ INPUT_TAP = None
 
 
 def linear(x, w, b=None, *, custom_grad: bool = True):
-    """``x @ w (+ b)`` in x's dtype. ``custom_grad=False`` uses plain autodiff: a custom VJP is opaque
-    to checkpoint policies, so ``remat="dots"`` must see the plain ``dot_general``."""
+    """``x @ w (+ b)`` in x's dtype, plus the LoRA branch when `w` is a `LoraWeight`.
+    ``custom_grad=False`` uses plain autodiff: a custom VJP is opaque to checkpoint policies, so
+    ``remat="dots"`` must see the plain ``dot_general``."""
+    adapter = None
+    if isinstance(w, LoraWeight):
+        adapter, w = w, w.w
     if INPUT_TAP is not None:
         INPUT_TAP(x, w)
     w = w.astype(x.dtype)
     y = _matmul(x, w) if custom_grad else jnp.einsum("btd,df->btf", x, w)
+    if adapter is not None:
+        y = y + lora_delta(x, adapter)
     return y if b is None else y + b.astype(x.dtype)
