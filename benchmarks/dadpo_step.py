@@ -30,7 +30,7 @@ def build(hf_dir: Path, attention: str, remat: str, B: int, T: int, prompt: int)
     """(step, state, frozen, batch) of the daDPO step with `model.attention=attention`."""
     from jaxalign.config.schema import LossConfig, OptimizerConfig
     from jaxalign.models import layers_to_drop, load_model, prune_layers
-    from jaxalign.train.objectives import ObjectiveContext, get_objective
+    from jaxalign.objectives import ObjectiveContext, get_objective
     from jaxalign.train.optimizer import build_optimizer
     from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 

@@ -133,7 +133,7 @@ def train_step_figures(name: str, hf: dict, objective: str, dtype: str, B: int, 
     """Build policy (+ reference, + teacher) from random weights, time the jitted step."""
     from jaxalign.config.schema import LossConfig, OptimizerConfig
     from jaxalign.models import init_model
-    from jaxalign.train.objectives import ObjectiveContext, get_objective
+    from jaxalign.objectives import ObjectiveContext, get_objective
     from jaxalign.train.optimizer import build_optimizer
     from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 

@@ -6,12 +6,25 @@
     config = load_config("configs/dadpo.yaml", ["loss.beta_teacher=0.2", "mesh.fsdp=4"], stage="train")
     print(to_yaml(config))
 
-Modules: ``schema`` (the dataclasses, ``CHOICES``, ``validate``), ``loader``
-(recipe chains, overrides, YAML round trip), ``presets`` (random-init model
-presets), ``reference`` (``--help-config`` and ``docs/config_reference.md``).
+Modules: ``fields`` (``setting``: allowed values declared on a field, and the
+validator that reads them), ``model``, ``loss``, ``run``, ``stages`` (the
+sections), ``schema`` (``Config``), ``validate`` (the checks that relate
+fields), ``loader`` (recipe chains, overrides, YAML round trip), ``presets``
+(random-init model presets), ``reference`` (``--help-config`` and
+``docs/config_reference.md``). The ``loss`` section's class, ``LossConfig``, is
+built from the objective registry (``jaxalign.objectives``).
 """
 
-from jaxalign.config.loader import apply_overrides, config_from_yaml, load_config, parse_override, save_config, to_yaml
+from jaxalign.config.fields import check_fields, choices_of, setting
+from jaxalign.config.loader import (
+    apply_overrides,
+    config_from_yaml,
+    import_recipe_objectives,
+    load_config,
+    parse_override,
+    save_config,
+    to_yaml,
+)
 from jaxalign.config.presets import MODEL_PRESETS, preset_hf_config
 from jaxalign.config.reference import (
     KeyInfo,
@@ -21,27 +34,26 @@ from jaxalign.config.reference import (
     write_config_reference,
 )
 from jaxalign.config.schema import (
-    CHOICES,
     CheckpointConfig,
     Config,
-    ConfigError,
     DataConfig,
     EvalConfig,
     GenerateConfig,
     GenerateModel,
     LoggingConfig,
-    LossConfig,
+    LossCommon,
     MeshConfig,
     ModelSpec,
+    ObjectiveConfig,
     OptimizerConfig,
     RDOConfig,
     ScoreConfig,
     TrainConfig,
-    validate,
 )
+from jaxalign.config.validate import validate
+from jaxalign.errors import ConfigError
 
 __all__ = [
-    "CHOICES",
     "CheckpointConfig",
     "Config",
     "ConfigError",
@@ -51,24 +63,39 @@ __all__ = [
     "GenerateModel",
     "KeyInfo",
     "LoggingConfig",
+    "LossCommon",
     "LossConfig",
     "MODEL_PRESETS",
     "MeshConfig",
     "ModelSpec",
+    "ObjectiveConfig",
     "OptimizerConfig",
     "RDOConfig",
     "ScoreConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_fields",
+    "choices_of",
     "config_from_yaml",
     "config_reference_markdown",
     "describe_keys",
     "format_keys",
+    "import_recipe_objectives",
     "load_config",
     "parse_override",
     "preset_hf_config",
     "save_config",
+    "setting",
     "to_yaml",
     "validate",
     "write_config_reference",
 ]
+
+
+def __getattr__(name: str):
+    # ``LossConfig`` is built from the objective registry on first use (see ``jaxalign.config.schema``).
+    if name == "LossConfig":
+        from jaxalign.config import schema
+
+        return schema.LossConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,11 +34,14 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from jaxalign.config.schema import Config, ConfigError, validate
+from jaxalign.config.schema import SECTION_CLASS, Config
+from jaxalign.config.validate import validate
+from jaxalign.errors import ConfigError
 
 __all__ = [
     "BASE_KEY",
     "all_keys",
+    "import_recipe_objectives",
     "apply_overrides",
     "config_from_yaml",
     "load_config",
@@ -49,6 +52,10 @@ __all__ = [
 
 #: Top-level recipe key naming the recipe it extends (relative to the recipe's folder).
 BASE_KEY = "base"
+#: The key naming the modules of user objectives, imported before a config is checked.
+MODULE_KEY = "objective.module"
+#: List keys that also take one value (``objective.module=my_pkg.my_loss``).
+ONE_OR_MANY = (MODULE_KEY,)
 COMMAND_LINE = "command line"
 
 # Names users bring from other trainers -> our dotted key (suggested for unknown keys).
@@ -86,11 +93,24 @@ _ALIASES = {
 # --------------------------------------------------------------------------- schema walking
 
 
-@functools.lru_cache(maxsize=None)
+def _loss_class() -> type:
+    """The current ``loss`` section class (it changes when user objectives register): a cache key."""
+    from jaxalign.objectives.registry import loss_config_class
+
+    return loss_config_class()
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    """Field name -> resolved annotation, in field order."""
+    """Field name -> resolved annotation, in field order; a section built at run time (``loss``: from the
+    objective registry) has its current class."""
+    return _hints_at(cls, _loss_class())
+
+
+@functools.lru_cache(maxsize=None)
+def _hints_at(cls: type, loss_class: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return {f.name: f.metadata[SECTION_CLASS]() if SECTION_CLASS in f.metadata else hints[f.name]
+            for f in dataclasses.fields(cls)}
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -138,9 +158,13 @@ def _iter_keys(cls: type, prefix: str = "") -> Iterable[tuple[str, Any]]:
             yield from _iter_keys(item, key + "[].")
 
 
-@functools.lru_cache(maxsize=None)
 def all_keys(cls: type = Config) -> tuple[str, ...]:
     """Every dotted key of the schema, sections included (list items as ``key[].field``)."""
+    return _all_keys_at(cls, _loss_class())
+
+
+@functools.lru_cache(maxsize=None)
+def _all_keys_at(cls: type, loss_class: type) -> tuple[str, ...]:
     return tuple(k for k, _ in _iter_keys(cls))
 
 
@@ -205,6 +229,8 @@ def _check_tree(value: Any, cls: type, prefix: str, source: str, root: type) -> 
         item = _list_item(tp)
         if dataclasses.is_dataclass(bare):
             out[k] = _check_tree(v, bare, key + ".", source, root)
+        elif key in ONE_OR_MANY and (isinstance(v, str) or v is None):
+            out[k] = [v] if v else []
         elif item is not None and dataclasses.is_dataclass(item):
             if v is None and not optional:
                 v = []
@@ -383,10 +409,48 @@ def apply_overrides(base, overrides: Sequence[str]):
     return _merge(base, tree, COMMAND_LINE) if tree else base
 
 
-@functools.lru_cache(maxsize=1)
 def _structured_defaults():
-    # Building the structured config is the slow part of a load; merges copy it, so one is enough.
+    return _structured_defaults_at(_loss_class())
+
+
+@functools.lru_cache(maxsize=4)
+def _structured_defaults_at(loss_class: type):
+    # Building the structured config is the slow part of a load; merges copy it, so one per registry state.
     return OmegaConf.structured(Config)
+
+
+def _modules_in(data: dict) -> Optional[Any]:
+    section = data.get("objective") if isinstance(data, dict) else None
+    return section.get("module") if isinstance(section, dict) and "module" in section else None
+
+
+def _import_modules(value: Any, source: str) -> None:
+    from jaxalign.objectives.registry import import_objective_modules
+
+    if value is None or value == "":
+        return
+    modules = [value] if isinstance(value, str) else value
+    if not isinstance(modules, list):
+        raise ConfigError(f"{MODULE_KEY}={value!r} is not a module name or a list of them ({source})")
+    import_objective_modules(modules, key=MODULE_KEY, source=source)
+
+
+def import_recipe_objectives(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> None:
+    """Import the user objective modules a recipe chain and its overrides name (``objective.module``; the
+    last one that sets it wins, like any key), so their ``loss.*`` keys exist before the keys are checked."""
+    value, source = None, ""
+    if path is not None:
+        for label, data in _recipe_chain(Path(path)):
+            found = _modules_in(data)
+            if found is not None:
+                value, source = found, label
+    for item in [overrides] if isinstance(overrides, str) else overrides:
+        key, v = parse_override(item)
+        if key == MODULE_KEY:
+            value, source = v, COMMAND_LINE
+        elif key == "objective" and isinstance(v, dict) and "module" in v:
+            value, source = v["module"], COMMAND_LINE
+    _import_modules(value, source)
 
 
 # --------------------------------------------------------------------------- public API
@@ -413,6 +477,7 @@ def load_config(
 
     ``check`` runs ``validate(config, stage)``. Every problem is a one-line ``ConfigError``.
     """
+    import_recipe_objectives(path, overrides)
     cfg = _structured_defaults()
     if path is not None:
         for label, data in _recipe_chain(Path(path)):
@@ -431,6 +496,7 @@ def config_from_yaml(text: str, source: str = "<yaml>", *, check: bool = False) 
     data = _parse_yaml(text, source)
     if BASE_KEY in data:
         raise ConfigError(f"{source}: '{BASE_KEY}' is only followed in config files (use load_config)")
+    _import_modules(_modules_in(data), source)
     tree = _check_tree(data, Config, "", source, Config)
     config = _to_object(_merge(_structured_defaults(), tree, source))
     if check:
@@ -469,7 +535,7 @@ def save_config(config: Config, path: str | os.PathLike) -> Path:
 
 def _derive_data_task(config) -> None:
     """The objective decides the batch layout: a default `data.task` follows `loss.name`."""
-    from jaxalign.config.schema import LOSS_DATA_TASK
+    from jaxalign.objectives.registry import objective_names, get_objective
 
-    if config.data.task == "preference" and config.loss.name in LOSS_DATA_TASK:
-        config.data.task = LOSS_DATA_TASK[config.loss.name]
+    if config.data.task == "preference" and config.loss.name in objective_names():
+        config.data.task = get_objective(config.loss.name).task

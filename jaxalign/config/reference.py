@@ -2,15 +2,15 @@
 
 Descriptions are the field docstrings of the schema dataclasses (the string
 literal under each field), read with ``ast`` so code and documentation cannot
-drift apart.
+drift apart; allowed values and ranges come from the fields' declarations
+(``jaxalign.config.fields.setting``). The ``loss`` keys are those of the
+registered objectives (``jaxalign.objectives``), each marked with the
+objectives that read it.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import inspect
 import os
 import textwrap
 from dataclasses import dataclass
@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from jaxalign.config.loader import _hints, _list_item, _strip_optional, type_phrase
-from jaxalign.config.schema import CHOICES, Config
+from jaxalign.config.fields import field_docs, rule_of
+from jaxalign.config.schema import Config
 
-__all__ = ["KeyInfo", "config_reference_markdown", "describe_keys", "format_keys", "write_config_reference"]
+__all__ = ["KeyInfo", "ObjectiveInfo", "config_reference_markdown", "describe_keys", "describe_objectives", "format_keys",
+           "write_config_reference"]
 
 
 @dataclass(frozen=True)
@@ -37,33 +39,10 @@ class KeyInfo:
     """Field docstring, joined into one paragraph."""
     choices: Optional[Tuple[str, ...]] = None
     """Allowed values of a fixed-choice text field."""
+    bounds: str = ""
+    """Declared range of a number (``> 0``, ``>= 0 and < 0.5``); "" = any."""
     section: bool = False
     """True for a section (a nested dataclass or a list of them)."""
-
-
-@functools.lru_cache(maxsize=None)
-def _field_docs(cls: type) -> dict[str, str]:
-    """Field name -> docstring, from the class and its dataclass bases."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for node, nxt in zip(body, body[1:] + [None]):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr)
-                and isinstance(getattr(nxt, "value", None), ast.Constant)
-                and isinstance(nxt.value.value, str)
-            ):
-                text = " ".join(inspect.cleandoc(nxt.value.value).split())
-                docs[node.target.id] = text.replace("``", "`")
-    return docs
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -76,10 +55,10 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _walk(cls: type, prefix: str, out: list[KeyInfo]) -> None:
-    docs = _field_docs(cls)
+    docs = field_docs(cls)
     hints = _hints(cls)
-    choices = CHOICES.get(cls, {})
     for f in dataclasses.fields(cls):
+        rule = rule_of(f)
         tp = hints[f.name]
         key = prefix + f.name
         bare, _ = _strip_optional(tp)
@@ -91,7 +70,8 @@ def _walk(cls: type, prefix: str, out: list[KeyInfo]) -> None:
                 type=type_phrase(tp),
                 default=_default(f),
                 doc=docs.get(f.name, ""),
-                choices=choices.get(f.name),
+                choices=None if rule is None else rule.allowed(),
+                bounds="" if rule is None else rule.bounds_text(),
                 section=nested is not None,
             )
         )
@@ -107,6 +87,15 @@ def describe_keys(prefix: str = "", cls: type = Config) -> list[KeyInfo]:
         p = prefix.rstrip(".")
         out = [k for k in out if k.key == p or k.key.startswith(p + ".") or k.key.startswith(p + "[]")]
     return out
+
+
+def _extra(k: KeyInfo) -> str:
+    """What the doc does not already say: the allowed values or the range."""
+    if k.choices and " | ".join(k.choices) not in k.doc:
+        return f"[{' | '.join(k.choices)}]"
+    if k.bounds:
+        return f"[{k.bounds}]"
+    return ""
 
 
 def _fmt(value: Any) -> str:
@@ -139,8 +128,49 @@ def _groups(keys: list[KeyInfo]) -> list[tuple[Optional[KeyInfo], list[KeyInfo]]
     return out
 
 
+@dataclass(frozen=True)
+class ObjectiveInfo:
+    """One registered objective, as ``--help-config`` and the reference show it."""
+
+    name: str
+    task: str
+    models: str
+    """``policy (lm head), reference (or cached ref_chosen_logps, ref_rejected_logps)`` ..."""
+    settings: Tuple[str, ...]
+    metrics: Tuple[str, ...]
+    doc: str
+
+
+def describe_objectives() -> list[ObjectiveInfo]:
+    """Every registered objective (``jaxalign.objectives``): the values of ``loss.name``."""
+    from jaxalign.objectives.registry import get_objective, objective_names
+
+    out = []
+    for name in objective_names():
+        spec = get_objective(name)
+        models = [f"policy ({spec.head} head)"]
+        for which, frozen in (("reference", spec.reference), ("teacher", spec.teacher)):
+            if frozen is not None:
+                models.append(f"{which} (or cached {', '.join(frozen.cached)})" if frozen.cached else which)
+        if spec.extra_terms:
+            models.append("teacher when loss.kd_weight > 0")
+        settings = tuple(f.name for f in dataclasses.fields(spec.settings)) if spec.settings else ()
+        extras = (" Takes RDO weights." if spec.rdo else "") + (" Takes loss.kd_* and loss.nll_weight." if spec.extra_terms else "")
+        out.append(ObjectiveInfo(name, spec.task, ", ".join(models), settings, spec.metrics, spec.doc + extras))
+    return out
+
+
+def _format_objectives(width: int) -> list[str]:
+    lines = ["", "objectives (loss.name; each reads the loss.* settings listed):"]
+    for o in describe_objectives():
+        lines.append(f"  {o.name}  (data.task={o.task}; settings: {', '.join(o.settings) or 'none'})")
+        text = f"{o.doc} Models: {o.models}. Metrics: {', '.join(o.metrics) or 'loss'}."
+        lines += textwrap.wrap(text, width=width, initial_indent="      ", subsequent_indent="      ")
+    return lines
+
+
 def format_keys(prefix: str = "", width: int = 100) -> str:
-    """Plain-text listing for ``jaxalign train --help-config [SECTION]``."""
+    """Plain-text listing for ``jaxalign train --help-config [SECTION]`` (with the objectives for "" and "loss")."""
     keys = describe_keys(prefix)
     if not keys:
         return f"no config keys under {prefix!r}\n"
@@ -151,11 +181,11 @@ def format_keys(prefix: str = "", width: int = 100) -> str:
         for k in rows:
             kind = k.type.removeprefix("a ").removeprefix("an ")
             lines.append(f"  {k.key} = {_fmt(k.default)}  ({kind})")
-            doc = k.doc
-            if k.choices and " | ".join(k.choices) not in doc:
-                doc = f"{doc} [{' | '.join(k.choices)}]"
+            doc = f"{k.doc} {_extra(k)}".strip()
             if doc:
                 lines += textwrap.wrap(doc, width=width, initial_indent="      ", subsequent_indent="      ")
+    if prefix.rstrip(".") in ("", "loss"):
+        lines += _format_objectives(width)
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
@@ -184,6 +214,8 @@ def config_reference_markdown() -> str:
             doc = k.doc
             if k.choices and " | ".join(k.choices) not in doc:
                 doc = f"{doc} One of: {', '.join(f'`{c}`' for c in k.choices)}."
+            elif k.bounds:
+                doc = f"{doc} Must be {k.bounds}."
             out.append(f"| `{k.key}` | {_md(k.type)} | `{_md(_fmt(k.default))}` | {_md(doc)} |")
         return out
 
@@ -192,6 +224,16 @@ def config_reference_markdown() -> str:
             parts += ["## Top level", "", *table(rows), ""]
         else:
             parts += [f"## `{sec.key}`", "", sec.doc, "", *table(rows), ""]
+    parts += ["## Objectives", "",
+              "The values of `loss.name` (`jaxalign.objectives`; add one with `@register_objective`, see "
+              "[objectives.md](objectives.md)). A `loss.*` setting of another objective than `loss.name` is kept and "
+              "ignored.", "",
+              "| `loss.name` | `data.task` | models | `loss.*` settings | metrics | description |",
+              "|---|---|---|---|---|---|"]
+    for o in describe_objectives():
+        parts.append(f"| `{o.name}` | `{o.task}` | {_md(o.models)} | {', '.join(f'`{x}`' for x in o.settings) or '—'} "
+                     f"| {', '.join(f'`{m}`' for m in o.metrics)} | {_md(o.doc)} |")
+    parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 
 

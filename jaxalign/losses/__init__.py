@@ -1,6 +1,6 @@
 """Offline preference / distillation objectives: pure functions returning ``(loss, metrics)``.
 
-One module per family; ``get_loss(name)`` / ``LOSSES`` pick one by name.
+One module per family; the objectives that train with them (``jaxalign.objectives``) are chosen by name.
 Inputs are ``[batch]`` float32 sequence log-probs (see ``jaxalign.ops``);
 the batch loss is ``mean(weights * per_example_loss)``.
 """
@@ -11,7 +11,6 @@ from jaxalign.losses.difference import DIFFERENCE_LABEL_TYPES, antisymmetric_dif
 from jaxalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss
 from jaxalign.losses.kto import kto_loss
 from jaxalign.losses.rdo import RDO_TRANSFORMS, rdo_weights
-from jaxalign.losses.registry import LOSSES, get_loss, register_loss
 from jaxalign.losses.reward import bradley_terry_loss
 from jaxalign.losses.rrhf import rrhf_loss
 from jaxalign.losses.sft import SFT_NORMALIZATIONS, sft_loss
@@ -19,7 +18,6 @@ from jaxalign.losses.sft import SFT_NORMALIZATIONS, sft_loss
 __all__ = [
     "DIFFERENCE_LABEL_TYPES",
     "DPO_LOSS_TYPES",
-    "LOSSES",
     "RDO_TRANSFORMS",
     "SFT_NORMALIZATIONS",
     "antisymmetric_difference",
@@ -28,10 +26,8 @@ __all__ = [
     "dadpo_loss",
     "difference_model_loss",
     "dpo_loss",
-    "get_loss",
     "kto_loss",
     "rdo_weights",
-    "register_loss",
     "rrhf_loss",
     "sft_loss",
 ]

@@ -12,13 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jaxalign.errors import ConfigError  # noqa: F401 (re-exported: a config.json jaxalign cannot use)
 from jaxalign.models.layers.rope import ROPE_TYPES
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
-
-
-class ConfigError(ValueError):
-    """A checkpoint's config.json asks for something jaxalign does not support."""
 
 
 @dataclasses.dataclass(frozen=True)

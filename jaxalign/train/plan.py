@@ -33,10 +33,10 @@ from jaxalign.config.presets import preset_hf_config
 from jaxalign.config.schema import Config, ConfigError, ModelSpec
 from jaxalign.data.collate import Collator, Examples
 from jaxalign.models import ModelConfig, init_model
+from jaxalign.objectives import ObjectiveContext, get_objective, needs_model
 from jaxalign.parallel.distributed import batch_sharding
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.parallel.sharding import param_name, param_sharding
-from jaxalign.train.objectives import ObjectiveContext, get_objective, needs_model
 from jaxalign.train.optimizer import build_optimizer, frozen_mask, optimizer_state_shardings
 from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxalign.train.objectives import Models, ObjectiveContext, ObjectiveSpec, batch_totals
+from jaxalign.objectives.common import Models, ObjectiveContext, batch_totals
+from jaxalign.objectives.registry import ObjectiveSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,11 +22,11 @@ from jaxalign.config.loader import to_yaml
 from jaxalign.config.schema import Config, ConfigError
 from jaxalign.data import DataError, prepare
 from jaxalign.models import save_pretrained
+from jaxalign.objectives import ObjectiveContext, get_objective, needs_model
 from jaxalign.parallel import distributed
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.train.build import build_model, build_model_config, build_tokenizer
 from jaxalign.train.checkpointing import Checkpointer
-from jaxalign.train.objectives import ObjectiveContext, get_objective, needs_model
 from jaxalign.train.observability import MetricsLogger, format_metrics, plot_metrics, summary
 from jaxalign.train.optimizer import build_optimizer, frozen_mask, init_optimizer_state
 from jaxalign.train.preemption import PreemptionGuard

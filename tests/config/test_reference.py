@@ -11,7 +11,8 @@ def test_every_key_described_with_type_default_and_doc():
     assert not missing, f"fields without a docstring: {missing}"
     by_key = {k.key: k for k in keys}
     assert (by_key["optimizer.lr"].type, by_key["optimizer.lr"].default) == ("a float", 5e-7)
-    assert by_key["loss.name"].choices[:2] == ("sft", "dpo")
+    assert set(by_key["loss.name"].choices) >= {"sft", "dpo", "dadpo", "kto", "rrhf", "reward_model", "difference_model"}
+    assert by_key["loss.beta"].bounds == "> 0" and by_key["loss.label_smoothing"].bounds == ">= 0 and < 0.5"
     assert by_key["data.buckets"].type == "a list of integers or null"
     assert by_key["loss.rdo"].section and by_key["generate.models"].section
     assert "generate.models[].name" in by_key and "loss.rdo.model.path" in by_key

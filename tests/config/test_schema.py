@@ -4,8 +4,17 @@ import dataclasses
 
 import pytest
 
-from jaxalign.config import CHOICES, MODEL_PRESETS, Config, ConfigError, ModelSpec, load_config, preset_hf_config, validate
-from jaxalign.config.schema import LOSS_DATA_TASK
+from jaxalign.config import (
+    MODEL_PRESETS,
+    Config,
+    ConfigError,
+    ModelSpec,
+    choices_of,
+    load_config,
+    preset_hf_config,
+    validate,
+)
+from jaxalign.objectives import get_objective, objective_names
 
 
 def tiny(**sections) -> Config:
@@ -43,7 +52,8 @@ def test_every_fixed_choice_field_is_checked():
     paths = {
         "model.remat": ("model", "remat"), "teacher.dtype": ("teacher", "dtype"),
         "loss.kd_on": ("loss", "kd_on"), "mesh.multihost": ("mesh", "multihost"),
-        "generate.mode": ("generate", "mode"), "data.truncation": ("data", "truncation"),
+        "generate.mode": ("generate", "mode"), "loss.loss_type": ("loss", "loss_type"),
+        "loss.difference_label_type": ("loss", "difference_label_type"), "prune.strategy": ("prune", "strategy"),
         "model.attention": ("model", "attention"), "model.layer_loop": ("model", "layer_loop"),
     }
     for key, (section, name) in paths.items():
@@ -53,7 +63,10 @@ def test_every_fixed_choice_field_is_checked():
     config.loss.rdo.model.remat = "bogus"
     with pytest.raises(ConfigError, match=r"^loss\.rdo\.model\.remat='bogus'"):
         validate(config)
-    assert set(CHOICES[ModelSpec]) == {"dtype", "param_dtype", "remat", "attention", "layer_loop"}
+    assert set(choices_of(ModelSpec)) == {"dtype", "param_dtype", "remat", "attention", "layer_loop"}
+    # data's own fields are checked by DataConfig.validate, named the same way
+    with pytest.raises(ConfigError, match=r"^data\.truncation must be one of keep_end, keep_start, error; got 'bogus'"):
+        validate(tiny(data={"truncation": "bogus"}))
 
 
 @pytest.mark.parametrize(
@@ -95,7 +108,11 @@ def test_loss_and_data_task_must_agree():
     with pytest.raises(ConfigError, match=r"loss\.name='kto' trains on data\.task='kto' batches.*set data\.task=kto"):
         validate(tiny(loss=dict(name="kto")))
     validate(tiny(loss=dict(name="kto"), data=dict(task="kto")))
-    assert set(LOSS_DATA_TASK) == set(CHOICES[type(Config().loss)]["name"])
+    # loss.name's choices and each objective's data task come from the objective registry
+    assert choices_of(type(Config().loss))["name"] == objective_names()
+    assert {n: get_objective(n).task for n in objective_names()}.items() >= {
+        "sft": "sft", "dpo": "preference", "dadpo": "preference", "rrhf": "preference", "reward_model": "preference",
+        "kto": "kto", "difference_model": "pairwise"}.items()
 
 
 def test_kd_term_needs_a_teacher_model():

@@ -132,7 +132,7 @@ def check_dpo_step(model, steps: int = 2, **loss_kwargs) -> list[float]:
     """DPO steps with the model as policy and (a copy as) reference: the first loss is ln 2, the
     parameters move, every loss is finite. Returns the losses."""
     from jaxalign.config.schema import LossConfig, OptimizerConfig
-    from jaxalign.train.objectives import ObjectiveContext, get_objective
+    from jaxalign.objectives import ObjectiveContext, get_objective
     from jaxalign.train.optimizer import build_optimizer
     from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 

@@ -75,7 +75,7 @@ def check_sharded_train_step_equals_one_device(folder: Path, router_aux_weight: 
 
     from jaxalign.config.schema import LossConfig, OptimizerConfig
     from jaxalign.parallel.mesh import make_mesh
-    from jaxalign.train.objectives import ObjectiveContext, get_objective
+    from jaxalign.objectives import ObjectiveContext, get_objective
     from jaxalign.train.optimizer import build_optimizer
     from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 

@@ -18,7 +18,7 @@ from jaxalign.config.schema import LossConfig
 from jaxalign.data import prepare
 from jaxalign.data.config import DataConfig
 from jaxalign.models import ModelConfig, init_model
-from jaxalign.train.objectives import ObjectiveContext, get_objective
+from jaxalign.objectives import ObjectiveContext, get_objective
 from jaxalign.train.step import GraphDefs, accumulated_grads, make_loss_fn, micro_totals
 
 # 8 rows -> micro-batches of 4/2 rows holding 11|4 and 9|2|4|0 examples (None: an empty row)

@@ -25,7 +25,7 @@ from jaxalign.config.schema import ConfigError, LossConfig
 from jaxalign.data import DataError, prepare
 from jaxalign.data.config import DataConfig
 from jaxalign.models import ModelConfig, init_model
-from jaxalign.train.objectives import OBJECTIVES, Models, ObjectiveContext
+from jaxalign.objectives import Models, ObjectiveContext, get_objective
 from jaxalign.train.trainer import Trainer, train
 from tests.train.conftest import synthetic_preferences, write_jsonl
 
@@ -51,6 +51,12 @@ def common(byte_tokenizer_dir):
 def _config(common, data, out, *extra):
     overrides = [*common, *FAST, f"data.path={data}", f"train.output_dir={out}", *extra]
     return load_config("configs/tiny_dpo.yaml", overrides)
+
+
+def _assert_declared_metrics(name: str, result) -> None:
+    """The metrics an objective's spec declares (``--help-config`` lists them) are logged at every step."""
+    missing = set(get_objective(name).metrics) - set(_step_metrics(result)[0])
+    assert not missing, f"{name} declares metrics it does not return: {sorted(missing)}"
 
 
 def _step_metrics(result) -> list[dict]:
@@ -118,6 +124,7 @@ def test_dpo_sigmoid_first_loss_is_ln2(dpo_baseline):
     losses = dpo_baseline.result.losses
     assert losses[0] == pytest.approx(LN2, abs=1e-6)
     _assert_moves(losses)
+    _assert_declared_metrics("dpo", dpo_baseline.result)
 
 
 def test_sft_trains(common, runs):
@@ -127,6 +134,7 @@ def test_sft_trains(common, runs):
     assert result.losses[0] == pytest.approx(LN_VOCAB, abs=0.2)  # token-mean NLL of a near-uniform model
     _assert_moves(result.losses)
     assert result.losses[-1] < result.losses[0]
+    _assert_declared_metrics("sft", result)
 
 
 def test_rrhf_trains(common, preference_data, runs):
@@ -134,6 +142,7 @@ def test_rrhf_trains(common, preference_data, runs):
     _assert_moves(result.losses)
     first = _step_metrics(result)[0]
     assert first["loss"] == pytest.approx(first["loss/ranking"] + first["loss/nll"], abs=1e-5)  # rrhf_nll_weight=1
+    _assert_declared_metrics("rrhf", result)
 
 
 def test_kto_from_pairs_trains(common, preference_data, runs):
@@ -143,6 +152,7 @@ def test_kto_from_pairs_trains(common, preference_data, runs):
     _assert_moves(result.losses)
     first = _step_metrics(result)[0]
     assert first["count/desirable"] > 0 and first["count/undesirable"] > 0
+    _assert_declared_metrics("kto", result)
 
 
 # reward_model: covered by tests/config/test_recipe_smoke.py (configs/reward_model.yaml).
@@ -157,6 +167,7 @@ def test_difference_model_trains(common, runs, label_type):
     result = train(_config(common, data, runs / f"dm_{label_type}", "loss.name=difference_model", "data.task=pairwise",
                            f"loss.difference_label_type={label_type}", "data.max_length=128", "data.buckets=[128]"))
     _assert_moves(result.losses)
+    _assert_declared_metrics("difference_model", result)
 
 
 # ----------------------------------------------------------------------------- daDPO
@@ -165,6 +176,7 @@ def test_dadpo_without_teacher_kl_is_dpo(common, preference_data, runs, dpo_base
     result = train(_config(common, preference_data[0], runs / "dadpo_b2_0", "loss.name=dadpo", "teacher.preset=tiny",
                            "loss.beta_ref=0.1", "loss.beta_teacher=0"))
     np.testing.assert_allclose(result.losses, dpo_baseline.losses, rtol=0, atol=1e-6)
+    _assert_declared_metrics("dadpo", result)
 
 
 @pytest.fixture(scope="module")
@@ -295,9 +307,9 @@ def one_per_row(byte_tokenizer):
 
 
 def _objective(name: str, policy, reference, batch: dict):
-    """`OBJECTIVES[name]` on one batch, jitted (the models are arguments, not constants)."""
+    """`get_objective(name)` on one batch, jitted (the models are arguments, not constants)."""
     ctx = ObjectiveContext(LossConfig(name=name))
-    return nnx.jit(lambda p, r, b: OBJECTIVES[name].fn(Models(p, r), b, ctx))(policy, reference, batch)
+    return nnx.jit(lambda p, r, b: get_objective(name).fn(Models(p, r), b, ctx))(policy, reference, batch)
 
 
 def test_packing_does_not_change_rrhf_loss(one_per_row):
@@ -338,3 +350,10 @@ def test_graded_difference_model_without_scores_is_named(common, preference_data
                       "data.task=pairwise", "loss.difference_label_type=graded", "data.max_length=128",
                       "data.buckets=[128]"))
     assert not (runs / "dm_no_scores" / "checkpoints").exists()
+
+
+def test_reward_model_returns_its_declared_metrics(one_per_row):
+    """(The other objectives' declared metrics are checked where they train, above.)"""
+    scorer = init_model(ModelConfig.from_hf_dict(preset_hf_config("tiny")), seed=0, head="score")
+    _, metrics = _objective("reward_model", scorer, None, one_per_row.unpacked)
+    assert set(get_objective("reward_model").metrics) <= set(metrics)
