@@ -47,8 +47,6 @@ import io
 import json
 import math
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -434,6 +432,9 @@ class Study:
 
         out = self.run_dir(method, seed)
         start = self._checkpoint_step(method, seed)
+        if start < self._exported_steps(method, seed):
+            raise SystemExit(f"{out}: its export is at step {self._exported_steps(method, seed)} but its newest "
+                             f"checkpoint at {start}; training on would not continue that run (delete the folder to redo it)")
         seg, steps = self.clock.estimate("segment", quiet=True), self.clock.estimate("train step", step - start, quiet=True)
         est = None if seg is None or steps is None else seg + steps
         print(f"  [train] {method} seed {seed}: steps {start} -> {step} (estimated {fmt_s(est)} quiet)", flush=True)
@@ -523,8 +524,6 @@ class Study:
                         self.train_to(method, spec, seed, step)
                     self.evaluate(held, method, self.run_dir(method, seed) / "hf", seed, step)
                     self.print_estimate(plan)
-                if self.eval_path(method, seed, plan["checkpoints"][-1]).is_file():
-                    shutil.rmtree(self.run_dir(method, seed) / "checkpoints", ignore_errors=True)  # the export stays
         return plan
 
     def print_estimate(self, plan: dict) -> None:
