@@ -45,10 +45,12 @@ Usage (from the repository root):
     .venv/bin/python benchmarks/rdo_synthetic.py [--out runs/rdo_synthetic/results.json] [--seed 0]
     .venv/bin/python benchmarks/rdo_synthetic.py --min-len 4 --max-len 10     # variable-length responses
 
-Runtime (defaults, 2 CPU cores shared with other jobs, load average ~5, JAX on CPU): 4 min 57 s wall
-(SFT 54 s, difference model 69 s, held-out scoring 12 s, DPO-pair scoring 11 s, 3 x (DPO + RDO-DPO) with sampling
-148 s); most of each first training run is XLA compilation (~30-50 s), later replicates reuse it from the cache.
-``--fast-compile true`` (jax_disable_most_optimizations) compiles faster but runs steps ~2x slower: slower overall.
+Runtime (defaults, 2 CPU cores shared with other jobs, load average ~10, JAX on CPU): 57 min wall (SFT 77 s,
+difference model 180 s, held-out scoring 67 s, preference-pair scoring 43 s, 5 x (base + RDO) x 3 replicates with
+sampling 3069 s); an earlier DPO-only run (load ~5) took 5 min. Most of each first training run of a loss is XLA
+compilation (~30-50 s); later replicates reuse it from the cache. ``--families dpo --nll-weights 0.5`` is the
+DPO-only run. ``--fast-compile true`` (jax_disable_most_optimizations) compiles faster but runs steps ~2x slower.
+The measured table is in docs/distillation.md.
 """
 
 from __future__ import annotations
