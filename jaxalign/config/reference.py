@@ -155,7 +155,8 @@ def describe_objectives() -> list[ObjectiveInfo]:
         if spec.extra_terms:
             models.append("teacher when loss.kd_weight > 0")
         settings = tuple(f.name for f in dataclasses.fields(spec.settings)) if spec.settings else ()
-        extras = (" Takes RDO weights." if spec.rdo else "") + (" Takes loss.kd_* and loss.nll_weight." if spec.extra_terms else "")
+        extras = (" Takes RDO weights." if spec.rdo else "") + (
+            " Takes loss.kd_* and loss.nll_weight." if spec.extra_terms else "")
         out.append(ObjectiveInfo(name, spec.task, ", ".join(models), settings, spec.metrics, spec.doc + extras))
     return out
 

@@ -160,8 +160,8 @@ def _check_settings(spec: ObjectiveSpec) -> None:
             if _declaration(tp, f) != _declaration(other_tp, g):
                 raise ConfigError(
                     f"objective {spec.name!r}: setting loss.{fname} is also declared by {other!r} with another "
-                    f"type, default or range ({getattr(other_tp, '__name__', other_tp)} = {g.default!r}); use the same declaration "
-                    "or another name"
+                    f"type, default or range ({getattr(other_tp, '__name__', other_tp)} = {g.default!r}); "
+                    "use the same declaration or another name"
                 )
 
 

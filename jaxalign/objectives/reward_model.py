@@ -8,7 +8,8 @@ from jaxalign.objectives.registry import register_objective
 from jaxalign.train.forward import Sequences
 
 
-@register_objective("reward_model", task="preference", head="score", metrics=("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"))
+@register_objective("reward_model", task="preference", head="score",
+                    metrics=("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"))
 def reward_model_objective(models, batch: dict, ctx, totals=None):
     """Bradley–Terry on the scalar scores of chosen and rejected."""
     totals = totals_or_batch(models, batch, ctx, totals)

@@ -2,6 +2,7 @@
 recipe through the CLI, shows in --help-config, and its settings' ranges are enforced, with no jaxalign file
 edited."""
 
+import importlib.metadata
 import json
 import math
 from pathlib import Path
@@ -76,3 +77,21 @@ def test_docs_show_this_objective(user_objectives):
     source = (user_objectives / "simpo_margin.py").read_text()
     code = source.split('"""\n', 2)[2].strip()
     assert code in (Path(__file__).resolve().parents[2] / "docs" / "objectives.md").read_text()
+
+
+def test_entry_point_objectives_load(user_objectives, monkeypatch):
+    """An installed package's entry point (group jaxalign.objectives) registers without objective.module;
+    one that fails to load is named in one line."""
+    from jaxalign.objectives import registry
+
+    group = registry.ENTRY_POINT_GROUP
+    points = [importlib.metadata.EntryPoint("simpo", "simpo_margin", group)]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: points if group == registry.ENTRY_POINT_GROUP
+                        else [])
+    monkeypatch.setitem(registry._STATE, "builtins", False)  # discover again, as in a fresh process
+    assert "simpo" in objective_names()
+    points[:] = [importlib.metadata.EntryPoint("broken", "no_such_pkg.losses", group)]
+    monkeypatch.setitem(registry._STATE, "builtins", False)
+    with pytest.raises(ConfigError, match=r"^entry point 'broken' \(jaxalign\.objectives: no_such_pkg\.losses\) failed to "
+                                          r"load: ModuleNotFoundError: No module named 'no_such_pkg'$"):
+        objective_names()
