@@ -18,7 +18,7 @@ import yaml
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxalign.config.loader import to_yaml
+from jaxalign.config.loader import load_config, to_yaml
 from jaxalign.config.schema import Config, ConfigError
 from jaxalign.data import DataError, prepare
 from jaxalign.models import save_pretrained
@@ -171,7 +171,11 @@ def check_resume(config: Config, yaml_text: str, provenance: dict) -> None:
     hint = (f"use another train.output_dir to start a new run, or set checkpoint.allow_config_change=true to "
             f"continue from step {step} anyway")
     if saved_yaml is not None:
-        changes = diff(flatten(yaml.safe_load(saved_yaml) or {}), flatten(yaml.safe_load(yaml_text)), ignore=RESUME_ALLOWED)
+        saved = flatten(yaml.safe_load(saved_yaml) or {})
+        defaults = flatten(yaml.safe_load(to_yaml(load_config(check=False))))
+        # a setting added to jaxalign after the checkpoint was written, at its default, changes nothing
+        changes = [(k, a, b) for k, a, b in diff(saved, flatten(yaml.safe_load(yaml_text)), ignore=RESUME_ALLOWED)
+                   if k in saved or diff({k: b}, {k: defaults.get(k)})]
         if changes:
             raise ConfigError(f"resume from {config.checkpoint_dir} (step {step}): the config changed "
                               f"({describe_diff(changes)}); {hint}")

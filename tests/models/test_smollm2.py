@@ -22,33 +22,57 @@ def smollm2(smollm2_hf_dir):
     return load_pretrained(smollm2_hf_dir)
 
 
-def test_logits_and_greedy_text_match_transformers_gguf(smollm2, smollm2_torch_gguf):
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def greedy(smollm2):
+    """(prompt ids, greedy continuations) of PROMPTS and the chat prompt: one batched generation, one compile."""
+    from jaxalign.generation.sampler import encode_prompts
+
+    model, tokenizer = smollm2
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS] + encode_prompts(tokenizer, [CHAT])
+    new = generate_ids(model, prompts, max_new_tokens=NEW_TOKENS, sampling=SamplingParams(0.0),
+                       eos_token_ids=model.config.eos_token_ids, pad_token_id=tokenizer.pad_token_id)
+    return prompts, new
+
+
+def test_logits_and_greedy_text_match_transformers_gguf(smollm2, smollm2_torch_gguf, greedy):
+    """All prompts in one right-padded jitted forward; greedy text from the batched generation."""
+    import jax
+
     torch_reference = smollm2_torch_gguf
     model, tokenizer = smollm2
     assert model.config.num_layers == 30 and model.config.tie_word_embeddings
-    for prompt in PROMPTS:
-        ids = tokenizer(prompt)["input_ids"]
+    prompts, ours = greedy
+    T = max(map(len, prompts))
+    ids = np.zeros((len(prompts), T), np.int32)
+    segments = np.zeros((len(prompts), T), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)], segments[i, :len(p)] = p, 1
+    positions = np.tile(np.arange(T, dtype=np.int32), (len(prompts), 1))
+    logits = np.asarray(jax.jit(lambda m, *a: m(*a))(model, ids, positions, segments))
+    eos = model.config.eos_token_ids
+    for p, row, new in zip(prompts, logits, ours):
         with torch.no_grad():
-            ref = torch_reference(torch.tensor([ids])).logits[0].numpy()
-            ref_new = torch_reference.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                               max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, len(ids):]
-        diff = np.abs(np.asarray(model(np.asarray([ids], np.int32)))[0] - ref).max()
-        assert diff <= 1e-3, f"{prompt!r}: max abs logit diff {diff}"
-        eos = model.config.eos_token_ids
-        ours = generate_ids(model, [ids], max_new_tokens=8, sampling=SamplingParams(0.0),
-                            eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id)[0]
-        # the whole continuation: 8 tokens, or fewer only when it ended at an EOS that transformers also produced
-        assert ours and (len(ours) == 8 or ours[-1] in eos), (prompt, ours)
-        assert ours == ref_new.tolist()[: len(ours)], (prompt, ours, ref_new.tolist())
+            ref = torch_reference(torch.tensor([p])).logits[0].numpy()
+            ref_new = torch_reference.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                               max_new_tokens=NEW_TOKENS, do_sample=False,
+                                               pad_token_id=tokenizer.pad_token_id)[0, len(p):]
+        text = tokenizer.decode(p)
+        diff = np.abs(row[:len(p)] - ref).max()
+        assert diff <= 1e-3, f"{text!r}: max abs logit diff {diff}"
+        # the whole continuation: all tokens, or fewer only when it ended at an EOS that transformers also produced
+        assert new and (len(new) == NEW_TOKENS or new[-1] in eos), (text, new)
+        assert new == ref_new.tolist()[: len(new)], (text, new, ref_new.tolist())
 
 
-def test_chat_answer_is_sensible(smollm2):
+def test_chat_answer_is_sensible(smollm2, greedy):
     """The weights are really SmolLM2's, not only consistent with transformers."""
-    from jaxalign import generate
-
     model, tokenizer = smollm2
-    out = generate(model, tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=12, temperature=0)
-    assert "Paris" in out[0]
+    answer = tokenizer.decode([t for t in greedy[1][-1] if t not in model.config.eos_token_ids], skip_special_tokens=True)
+    assert "Paris" in answer, answer
 
 
 TOKENIZER_TEXTS = [

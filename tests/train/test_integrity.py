@@ -67,6 +67,13 @@ def test_resume_refuses_a_changed_config_but_allows_more_steps(tiny_dpo_override
     other = write_jsonl(tmp_path / "other.jsonl", synthetic_preferences(64, 5))
     with pytest.raises(ConfigError, match=r"data.path.*(changed|->)"):
         train(_cfg(tiny_dpo_overrides, f"data.path={other}"))
+    # a checkpoint written before a setting existed: that setting at its default is no change
+    saved = next((tmp_path / "run" / "checkpoints" / "4").rglob("config.yaml"))
+    text = saved.read_text()
+    assert "\nobjective:\n  module: []\n" in text
+    saved.write_text(text.replace("\nobjective:\n  module: []\n", "\n"))
+    with pytest.raises(ConfigError, match=r"objective.module: null -> \[\"json\"\]"):
+        train(_cfg(tiny_dpo_overrides, "objective.module=[json]"))
     longer = train(_cfg(tiny_dpo_overrides, "train.steps=6", "train.log_every=2"))  # allow-listed: resumes
     assert longer.steps == 6 and len(longer.losses) == 2
     forced = train(_cfg(tiny_dpo_overrides, "train.steps=8", "loss.beta=0.3", "checkpoint.allow_config_change=true"))

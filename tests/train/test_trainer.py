@@ -68,10 +68,10 @@ def _train_losses(run_dir):
 
 
 def test_sigterm_then_resume_continues_exactly(tiny_dpo_overrides, subprocess_env, tmp_path):
+    """A real SIGTERM to a `jaxalign train` process at step >= 5 stops it with a checkpoint; resuming it
+    (in-process, same compile settings as the subprocess) gives the uninterrupted run's losses."""
     common = [o for o in tiny_dpo_overrides if not o.startswith(("train.output_dir", "eval_data"))]
     common += ["train.steps=16", "train.log_every=1", "optimizer.lr=1e-3", "eval_data=null"]
-    full = tmp_path / "full"
-    assert _run_cli(common + [f"train.output_dir={full}"], subprocess_env).wait(timeout=300) == 0
     cut = tmp_path / "cut"
     proc = _run_cli(common + [f"train.output_dir={cut}"], subprocess_env)
     deadline = time.time() + 240
@@ -84,7 +84,9 @@ def test_sigterm_then_resume_continues_exactly(tiny_dpo_overrides, subprocess_en
     assert proc.returncode == 0, out
     stopped_at = max(int(p.name) for p in (cut / "checkpoints").iterdir() if p.name.isdigit())
     assert stopped_at < 16
-    assert _run_cli(common + [f"train.output_dir={cut}"], subprocess_env).wait(timeout=300) == 0
+    full = tmp_path / "full"
+    train(load_config("configs/tiny_dpo.yaml", common + [f"train.output_dir={full}"]))
+    train(load_config("configs/tiny_dpo.yaml", common + [f"train.output_dir={cut}"]))
     resumed, reference = _train_losses(cut), _train_losses(full)
     assert sorted(resumed) == list(range(1, 17))
     np.testing.assert_allclose([resumed[s] for s in range(1, 17)], [reference[s] for s in range(1, 17)], atol=1e-6)
