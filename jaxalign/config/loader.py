@@ -25,7 +25,6 @@ import difflib
 import functools
 import os
 import re
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -37,6 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from jaxalign.config.schema import SECTION_CLASS, Config
 from jaxalign.config.validate import validate
 from jaxalign.errors import ConfigError
+from jaxalign.io.atomic import write_text_atomic
 
 __all__ = [
     "BASE_KEY",
@@ -513,24 +513,9 @@ def to_yaml(config: Config) -> str:
 
 
 def save_config(config: Config, path: str | os.PathLike) -> Path:
-    """Write ``to_yaml(config)`` to ``path`` atomically (temp file + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "# jaxalign config (resolved); reload with load_config(path) or jaxalign train PATH\n" + to_yaml(config)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """Write ``to_yaml(config)`` to ``path`` atomically; returns the path."""
+    return write_text_atomic(path, "# jaxalign config (resolved); reload with load_config(path) or jaxalign train PATH\n"
+                             + to_yaml(config))
 
 
 def _derive_data_task(config) -> None:
