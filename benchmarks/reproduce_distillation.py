@@ -347,6 +347,9 @@ class Study:
         path = self.work / "plan.json"
         if path.is_file():
             plan = json.loads(path.read_text())
+            if plan.get("data") != self._data_fingerprints():
+                raise SystemExit(f"{self.work}: the dSFT student or the scored pairs differ from those the finished units "
+                                 f"were made from ({path}); use another --work, or delete {self.work} to start over")
             return {**plan, "checkpoints": checkpoint_steps(plan["usable_pairs"], self.size)}
         from jaxalign.pipeline.rows import load_table
 
@@ -356,9 +359,15 @@ class Study:
         grid, why = choose_beta_teacher(gap, self.size.beta_teacher_fixed, self.size.z_targets)
         usable = self._usable_pairs()
         plan = {"beta": self.size.beta, "beta_teacher": grid, "why": why, "pairs": len(rows), "usable_pairs": usable,
-                "steps_per_epoch": usable // self.size.batch_size}
+                "steps_per_epoch": usable // self.size.batch_size, "data": self._data_fingerprints()}
         path.write_text(json.dumps(plan, indent=1) + "\n")
         return {**plan, "checkpoints": checkpoint_steps(usable, self.size)}
+
+    def _data_fingerprints(self) -> dict:
+        """Content digests of what every unit starts from: the dSFT export and the scored pairs."""
+        from jaxalign.train.provenance import file_digest, model_fingerprint
+
+        return {"dsft": model_fingerprint(self.data / "dsft" / "hf"), "pairs": file_digest(self.scored)}
 
     def _usable_pairs(self) -> int:
         """Pairs the trainer keeps (rows with an empty sample are skipped, ``data.on_bad_row: skip``)."""
