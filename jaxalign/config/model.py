@@ -1,14 +1,16 @@
-"""Config sections that name a model: ``ModelSpec`` (policy, reference, teacher, judges) and ``GenerateModel``."""
+"""Config sections that name a model: ``ModelSpec`` (reference, teacher, judges), ``PolicyModel`` (the
+trained model: a ``ModelSpec`` with ``lora``) and ``GenerateModel``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import List
 
 from jaxalign.config.fields import setting
 from jaxalign.models.decoder import LAYER_LOOPS, REMAT_POLICIES
 from jaxalign.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 
-__all__ = ["GenerateModel", "MODEL_DTYPES", "ModelSpec"]
+__all__ = ["GenerateModel", "LoraConfig", "MODEL_DTYPES", "ModelSpec", "PolicyModel"]
 
 MODEL_DTYPES = ("float32", "bfloat16")
 
@@ -44,6 +46,33 @@ class ModelSpec:
     def is_set(self) -> bool:
         """True when the spec names a model (a path or a preset)."""
         return bool(self.path or self.preset)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the policy's projections (``jaxalign.models.lora``): only they train, and the
+    reference is the same model with them disabled (no second copy of the weights)."""
+
+    rank: int = setting(0, ge=0, integer=True)
+    """Adapter rank r; 0 = LoRA off (every parameter trains)."""
+
+    alpha: float = setting(16.0, gt=0)
+    """The adapter's output is scaled by alpha / rank."""
+
+    dropout: float = setting(0.0, ge=0, lt=1)
+    """Dropout rate on the adapters' input during training."""
+
+    targets: List[str] = field(default_factory=lambda: ["all-linear"])
+    """Projections to adapt (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; router in MoE
+    families), or all-linear: every attention and MLP projection."""
+
+
+@dataclass
+class PolicyModel(ModelSpec):
+    """The trained model: a ``ModelSpec`` with optional LoRA adapters."""
+
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (``model.lora.rank=0``: off)."""
 
 
 @dataclass

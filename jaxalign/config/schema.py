@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from jaxalign.config.loss import LossCommon, ObjectiveConfig, RDOConfig
-from jaxalign.config.model import GenerateModel, ModelSpec
+from jaxalign.config.model import GenerateModel, LoraConfig, ModelSpec, PolicyModel
 from jaxalign.config.run import CheckpointConfig, LoggingConfig, MeshConfig, OptimizerConfig, TrainConfig
 from jaxalign.config.stages import (
     STAGES,
@@ -45,6 +45,7 @@ __all__ = [
     "GenerateConfig",
     "GenerateModel",
     "LoggingConfig",
+    "LoraConfig",
     "LossCommon",
     "LossConfig",
     "MeshConfig",
@@ -53,6 +54,7 @@ __all__ = [
     "OptimizerConfig",
     "PipelineConfig",
     "PipelineStage",
+    "PolicyModel",
     "PruneConfig",
     "RDOConfig",
     "ScoreConfig",
@@ -85,7 +87,7 @@ def __getattr__(name: str):
 class Config:
     """Everything a jaxalign run reads: one object per stage of the pipeline."""
 
-    model: ModelSpec = field(default_factory=ModelSpec)
+    model: PolicyModel = field(default_factory=PolicyModel)
     """The policy (the model being trained)."""
 
     reference: ModelSpec = field(default_factory=ModelSpec)

@@ -33,10 +33,12 @@ from jaxalign.config.presets import preset_hf_config
 from jaxalign.config.schema import Config, ConfigError, ModelSpec
 from jaxalign.data.collate import Collator, Examples
 from jaxalign.models import ModelConfig, init_model
+from jaxalign.models.lora import LoraSpec, add_lora, split_trainable
 from jaxalign.objectives import ObjectiveContext, get_objective, needs_model
 from jaxalign.parallel.distributed import batch_sharding
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.parallel.sharding import param_name, param_sharding
+from jaxalign.train.build import lora_optimizer_config, lora_spec
 from jaxalign.train.optimizer import build_optimizer, frozen_mask, optimizer_state_shardings
 from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 
@@ -83,16 +85,19 @@ def _hf_dict(spec: ModelSpec, key: str) -> tuple[dict, str]:
 
 
 def abstract_model(spec: ModelSpec, key: str, *, head: str = "lm", layers: int | None = None,
-                   layer_loop: str | None = None):
+                   layer_loop: str | None = None, lora: LoraSpec | None = None):
     """``(graphdef, state, ModelConfig)`` of the model ``spec`` names, every leaf abstract (nothing allocated).
-    ``layers`` overrides ``num_hidden_layers`` (the FLOPs compiles)."""
+    ``layers`` overrides ``num_hidden_layers`` (the FLOPs compiles); ``lora``: with those adapters."""
     hf, source = _hf_dict(spec, key)
     if layers is not None:
         hf = {**hf, "num_hidden_layers": layers}
     config = ModelConfig.from_hf_dict(hf, source=source)
-    model = nnx.eval_shape(lambda: init_model(config, dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat,
-                                              head=head, attention=spec.attention,
-                                              layer_loop=layer_loop or spec.layer_loop))
+    def make():
+        model = init_model(config, dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat, head=head,
+                           attention=spec.attention, layer_loop=layer_loop or spec.layer_loop)
+        return model if lora is None else add_lora(model, lora)
+
+    model = nnx.eval_shape(make)
     graphdef, state = nnx.split(model)
     return graphdef, state, config
 
@@ -176,12 +181,19 @@ def _build_step(config: Config, mesh, *, cached: tuple[str, ...], rows: int, gra
     if config.loss.rdo.enabled:
         columns += ("rdo_weight",)
     cols = set(columns)
+    lora = lora_spec(config.model.lora)
     g_pol, s_pol, c_pol = abstract_model(config.model, "model", head=spec.head, layers=layers.get("model"),
-                                         layer_loop=layer_loop)
-    params = place(s_pol, mesh)
-    graphdefs, frozen = {"policy": g_pol}, {}
+                                         layer_loop=layer_loop, lora=lora)
     counts, matmul = {"policy": count(s_pol)}, {"policy": matmul_params(s_pol, c_pol)}
-    if needs_model(spec, "reference", config.loss, cols):
+    graphdefs, frozen = {"policy": g_pol}, {}
+    if lora is not None:  # as the trainer splits it: the adapters train, the base weights are frozen
+        g_pol, s_pol, base = split_trainable(nnx.merge(g_pol, s_pol), config.optimizer.trainable)
+        graphdefs["policy"], frozen["policy"] = g_pol, place(base, mesh)
+    params = place(s_pol, mesh)
+    if needs_model(spec, "reference", config.loss, cols) and lora is not None and not config.reference.is_set():
+        graphdefs["reference_is_base"] = True  # the policy with its adapters disabled: no weights of its own
+        counts["reference"], matmul["reference"] = counts["policy"], matmul["policy"]
+    elif needs_model(spec, "reference", config.loss, cols):
         if config.reference.path or config.reference.preset:
             g, s, c = abstract_model(config.reference, "reference", layers=layers.get("reference"),
                                      layer_loop=layer_loop)
@@ -198,7 +210,8 @@ def _build_step(config: Config, mesh, *, cached: tuple[str, ...], rows: int, gra
         # (Qwen2.5-1.5B: 151936, Qwen2.5-7B: 152064, one tokenizer) are planned as they are.
         graphdefs["teacher"], frozen["teacher"] = g, place(s, mesh)
         counts["teacher"], matmul["teacher"] = count(s), matmul_params(s, c)
-    tx, schedule = build_optimizer(config.optimizer, max(config.train.steps, 1), params)
+    optimizer_config = lora_optimizer_config(config.optimizer) if lora is not None else config.optimizer
+    tx, schedule = build_optimizer(optimizer_config, max(config.train.steps, 1), params)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = optimizer_state(tx, params, replicated)
     key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
@@ -213,7 +226,7 @@ def _build_step(config: Config, mesh, *, cached: tuple[str, ...], rows: int, gra
     loss_fn = make_loss_fn(spec, ctx, GraphDefs(**graphdefs))
     fn = make_train_step(loss_fn, tx, schedule, grad_accum_steps=grad_accum,
                          state_shardings=jax.tree.map(lambda x: x.sharding, state),
-                         frozen_leaves=frozen_mask(params, config.optimizer))
+                         frozen_leaves=frozen_mask(params, optimizer_config))
     return _Step(fn, state, frozen, batch, counts, matmul, tokens)
 
 

@@ -20,35 +20,45 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxalign.models.lora import adapters_disabled, lora_dropout
 from jaxalign.objectives.common import Models, ObjectiveContext, batch_totals
 from jaxalign.objectives.registry import ObjectiveSpec
 
 
 @dataclasses.dataclass(frozen=True)
 class GraphDefs:
+    """Graph definitions of the step's models. `reference_is_base`: the reference is the LoRA policy
+    with its adapters disabled (the base model; no weights of its own in `frozen`)."""
+
     policy: Any
     reference: Any = None
     teacher: Any = None
+    reference_is_base: bool = False
+
+
+def policy_model(graphdef, params, frozen: dict):
+    """The policy: `params`, plus with LoRA the frozen base weights `frozen["policy"]`."""
+    base = frozen.get("policy")
+    return nnx.merge(graphdef, params) if base is None else nnx.merge(graphdef, params, base)
 
 
 def merge_models(graphdefs: GraphDefs, params, frozen: dict) -> Models:
     def merged(graphdef, state):
         return None if graphdef is None else nnx.merge(graphdef, state)
 
-    return Models(
-        policy=nnx.merge(graphdefs.policy, params),
-        reference=merged(graphdefs.reference, frozen.get("reference")),
-        teacher=merged(graphdefs.teacher, frozen.get("teacher")),
-    )
+    policy = policy_model(graphdefs.policy, params, frozen)
+    reference = adapters_disabled(policy) if graphdefs.reference_is_base else merged(graphdefs.reference, frozen.get("reference"))
+    return Models(policy=policy, reference=reference, teacher=merged(graphdefs.teacher, frozen.get("teacher")))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LossFn:
-    """`(params, frozen, batch, totals=None) -> (loss, metrics)` for one objective.
+    """`(params, frozen, batch, totals=None, rng=None) -> (loss, metrics)` for one objective.
 
     `totals(params, frozen, batch)` gives the batch's normalising counts (`batch_totals`);
     without `totals` the loss normalises by its own batch's. `frozen_leaves` (bool per
-    parameter, or None) cuts frozen parameters from the backward pass.
+    parameter, or None) cuts frozen parameters from the backward pass. `rng` (a PRNG key)
+    drives LoRA dropout; None = no dropout (evaluation).
     """
 
     spec: ObjectiveSpec
@@ -56,10 +66,11 @@ class LossFn:
     graphdefs: GraphDefs
     frozen_leaves: Any = None
 
-    def __call__(self, params, frozen, batch, totals=None):
+    def __call__(self, params, frozen, batch, totals=None, rng=None):
         if self.frozen_leaves is not None:
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, self.frozen_leaves)
-        loss, metrics = self.spec.fn(merge_models(self.graphdefs, params, frozen), batch, self.ctx, totals)
+        with lora_dropout(rng):
+            loss, metrics = self.spec.fn(merge_models(self.graphdefs, params, frozen), batch, self.ctx, totals)
         return loss, {**metrics, "loss": loss}
 
     def totals(self, params, frozen, batch):
@@ -87,16 +98,17 @@ def micro_totals(loss_fn: LossFn, params, frozen, micro: dict, n: int):
     return jax.tree.map(lambda x: x / n, summed)
 
 
-def accumulated_grads(loss_fn: LossFn, params, frozen, batch: dict, grad_accum_steps: int = 1):
+def accumulated_grads(loss_fn: LossFn, params, frozen, batch: dict, grad_accum_steps: int = 1, rng=None):
     """`(metrics, grads)` of one batch, split into `grad_accum_steps` micro-batches (unjitted).
 
     The gradient is the full batch's for every objective (see the module docstring); metrics
     other than the loss are means of per-micro-batch values. The loss is differentiated with
-    respect to `params` only; `totals` are computed first, without gradients.
+    respect to `params` only; `totals` are computed first, without gradients. `rng` (LoRA
+    dropout) is folded with each micro-batch's index.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum_steps == 1:
-        (_, metrics), grads = grad_fn(params, frozen, batch, loss_fn.totals(params, frozen, batch))
+        (_, metrics), grads = grad_fn(params, frozen, batch, loss_fn.totals(params, frozen, batch), rng)
         return metrics, grads
     micro = _split_micro(batch, grad_accum_steps)
     totals = micro_totals(loss_fn, params, frozen, micro, grad_accum_steps)
@@ -104,11 +116,12 @@ def accumulated_grads(loss_fn: LossFn, params, frozen, batch: dict, grad_accum_s
     (_, m_shape), g_shape = jax.eval_shape(grad_fn, params, frozen, first, totals)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (m_shape, g_shape))
 
-    def body(acc, mb):
-        (_, m), g = grad_fn(params, frozen, mb, totals)
+    def body(acc, xs):
+        mb, i = xs
+        (_, m), g = grad_fn(params, frozen, mb, totals, None if rng is None else jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, acc, (m, g)), None
 
-    (metrics, grads), _ = jax.lax.scan(body, zeros, micro)
+    (metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum_steps)))
     return jax.tree.map(lambda x: x / grad_accum_steps, (metrics, grads))
 
 
@@ -126,7 +139,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule,
 
     def train_step(state, frozen, batch):
         params = state["params"]
-        metrics, grads = accumulated_grads(loss_fn, params, frozen, batch, grad_accum_steps)
+        rng = jax.random.wrap_key_data(state["rng"])  # LoRA dropout's key this step
+        metrics, grads = accumulated_grads(loss_fn, params, frozen, batch, grad_accum_steps, rng)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_state = {
             "step": state["step"] + 1,

@@ -25,13 +25,14 @@ from jaxalign.models import save_pretrained
 from jaxalign.objectives import ObjectiveContext, get_objective, needs_model
 from jaxalign.parallel import distributed
 from jaxalign.parallel.mesh import make_mesh
-from jaxalign.train.build import build_model, build_model_config, build_tokenizer
+from jaxalign.models.lora import has_lora, merge_lora
+from jaxalign.train.build import build_model, build_model_config, build_policy, build_tokenizer, check_lora
 from jaxalign.train.checkpointing import Checkpointer
 from jaxalign.train.observability import MetricsLogger, format_metrics, plot_metrics, summary
 from jaxalign.train.optimizer import build_optimizer, frozen_mask, init_optimizer_state
 from jaxalign.train.preemption import PreemptionGuard
 from jaxalign.train.provenance import source_digest
-from jaxalign.train.step import GraphDefs, make_eval_step, make_loss_fn, make_train_step
+from jaxalign.train.step import GraphDefs, make_eval_step, make_loss_fn, make_train_step, policy_model
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ class Trainer:
         _check_columns(config, self.spec, columns)
         _check_enough_rows(config, self.data)
         model_config = build_model_config(config.model, key="model")
+        check_lora(config.model.lora, model_config)
         _check_inputs_fit_model(config, self.data, model_config)
         if self.eval_data is not None:
             _check_inputs_fit_model(config, self.eval_data, model_config)
@@ -219,13 +221,15 @@ class Trainer:
         ctx = ObjectiveContext(config.loss, mesh=self.mesh if config.mesh.tensor > 1 else None,
                                use_rdo_weights=config.loss.rdo.enabled)
         with jax.set_mesh(self.mesh):
-            policy = build_model(config.model, key="model", head=self.spec.head, mesh=self.mesh, seed=config.train.seed)
-            graphdef, params = nnx.split(policy)
-            frozen, graphdefs = {}, {"policy": graphdef}
+            built = build_policy(config, head=self.spec.head, mesh=self.mesh, seed=config.train.seed)
+            policy, graphdef, params = built.model, built.graphdef, built.params
+            frozen, graphdefs = ({"policy": built.base} if built.lora else {}), {"policy": graphdef}
             if needs_model(self.spec, "reference", config.loss, columns):
                 if config.reference.path or config.reference.preset:
                     ref = build_model(config.reference, key="reference", mesh=self.mesh, seed=config.train.seed)
                     graphdefs["reference"], frozen["reference"] = nnx.split(ref)
+                elif built.lora:  # the base model: the policy with its adapters disabled, no second copy
+                    graphdefs["reference_is_base"] = True
                 else:  # the policy's initial weights, in their own buffers (the policy's are donated)
                     graphdefs["reference"], frozen["reference"] = graphdef, jax.tree.map(jnp.copy, params)
             if needs_model(self.spec, "teacher", config.loss, columns):
@@ -243,7 +247,8 @@ class Trainer:
             self.graphdefs = GraphDefs(**graphdefs)
             self.frozen = frozen
             self.total_steps = self._total_steps()
-            self.tx, self.schedule = build_optimizer(config.optimizer, self.total_steps, params)
+            optimizer_config = built.optimizer_config(config.optimizer)
+            self.tx, self.schedule = build_optimizer(optimizer_config, self.total_steps, params)
             replicated = NamedSharding(self.mesh, PartitionSpec())
             self.state = {
                 "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
@@ -254,7 +259,7 @@ class Trainer:
         loss_fn = make_loss_fn(self.spec, ctx, self.graphdefs)
         self.train_step = make_train_step(loss_fn, self.tx, self.schedule, grad_accum_steps=config.optimizer.grad_accum_steps,
                                           state_shardings=jax.tree.map(lambda x: x.sharding, self.state),
-                                          frozen_leaves=frozen_mask(params, config.optimizer))
+                                          frozen_leaves=frozen_mask(params, optimizer_config))
         self.eval_step = make_eval_step(loss_fn)
         self.output_dir = Path(config.train.output_dir)
         self.is_main = jax.process_index() == 0
@@ -288,10 +293,13 @@ class Trainer:
         return {k: v / max(n, 1) for k, v in totals.items()}
 
     def export(self) -> Path:
-        """Write the policy to ``{output_dir}/hf`` with ``jaxalign_provenance.json`` (config, steps, data digest)."""
+        """Write the policy to ``{output_dir}/hf`` with ``jaxalign_provenance.json`` (config, steps, data digest);
+        LoRA adapters are merged into the weights (a plain HF folder)."""
         from jaxalign.train.provenance import flatten, write_record
 
-        model = nnx.merge(self.graphdefs.policy, self.state["params"])
+        model = policy_model(self.graphdefs.policy, self.state["params"], self.frozen)
+        if has_lora(model):
+            model = merge_lora(model)
         out = save_pretrained(model, self.tokenizer, self.output_dir / "hf", overwrite=True)
         write_record(Path(out) / EXPORT_PROVENANCE, {"config": flatten(yaml.safe_load(self.yaml_text)),
                                                      "steps": self.total_steps, **self.provenance})
