@@ -61,8 +61,9 @@ class GenerateResult:
 
 
 def named(spec: ModelSpec, name: str) -> GenerateModel:
-    """``spec`` as a ``GenerateModel`` called ``name``."""
-    return GenerateModel(**dataclasses.asdict(spec), name=name)
+    """``spec`` as a ``GenerateModel`` called ``name`` (its ``ModelSpec`` fields: a policy's training-only
+    settings, e.g. ``model.lora``, do not apply to sampling a saved model)."""
+    return GenerateModel(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(ModelSpec)}, name=name)
 
 
 def generation_models(config: Config) -> list[GenerateModel]:
