@@ -39,8 +39,8 @@ def test_cached_reference_logps_give_the_in_step_reference_update(preference_dat
     # the reference log-prob of every row, from the initial policy (= the reference)
     model = nnx.merge(live.graphdefs.policy, jax.tree.map(jnp.copy, live.state["params"]))
     batch = live.data.collate([(i,) for i in range(len(live.data.examples))])
-    logps = sequence_logps(model, Sequences(*(jnp.asarray(batch[k]) for k in ("input_ids", "positions", "segment_ids",
-                                                                                "loss_mask"))), 1, chunk_size=64).logps
+    seqs = Sequences(*(jnp.asarray(batch[k]) for k in ("input_ids", "positions", "segment_ids", "loss_mask")))
+    logps = nnx.jit(lambda m: sequence_logps(m, seqs, 1, chunk_size=64).logps)(model)
     by_row = {int(r): float(v) for r, v in zip(batch["row_id"][:, 0], np.asarray(logps)[:, 0])}
     cached_rows = [{**r, "ref_logps": by_row[i]} for i, r in enumerate(rows)]
     cached = _trainer(preference_data, byte_tokenizer_dir, write_jsonl(tmp_path / "cached.jsonl", cached_rows),
