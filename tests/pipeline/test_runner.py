@@ -1,66 +1,124 @@
-"""``jaxalign pipeline``: the shipped configs/pipeline_dadpo.yaml (prune -> teacher data -> dSFT -> pairs -> score ->
-daDPO -> eval) on tiny models end to end, then rerun with every stage skipped."""
+"""``jaxalign pipeline`` end to end on tiny models: the main job's own recipe (asset:main.yaml, its
+``bundled:`` teacher resolved to a tiny stand-in, shrunk only in sizes) runs every stage of the daDPO
+paper's protocol (prune -> teacher responses -> dSFT -> pairs -> score -> judge -> daDPO -> eval), then
+reruns with every stage skipped, then with only eval rerun; configs/pipeline_dadpo.yaml's settings are
+checked before any stage runs."""
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from jaxalign.config.schema import ConfigError
 from jaxalign.pipeline.evaluate import METRICS
 from jaxalign.pipeline.runner import run_pipeline
 
 RECIPE = str(Path(__file__).parents[2] / "configs" / "pipeline_dadpo.yaml")
-STAGES = [("prune", "prune"), ("teacher data", "generate"), ("dSFT", "train"), ("pairs", "generate"),
-          ("score", "score"), ("daDPO", "train"), ("eval", "eval")]
+MAIN_STAGES = [("prune", "prune"), ("teacher responses", "generate"), ("dSFT", "train"), ("pairs", "generate"),
+               ("cache log-probs", "score"), ("judge", "train"), ("daDPO", "train"), ("eval", "eval")]
+MAIN_MODELS = ["teacher", "student (pruned)", "student + dSFT", "student + dSFT + daDPO"]
+#: asset:main.yaml shrunk in sizes only
+MAIN_OVERRIDES = [
+    "teacher.dtype=float32", "teacher.param_dtype=float32", "model.dtype=float32", "model.remat=none",
+    "data.batch_size=4", "data.max_length=64", "data.max_prompt_length=40", "data.buckets=[64]",
+    "train.steps=2", "mesh.data=1", "logging.progress_bar=false", "logging.plot=false", "prune.fraction=0.34",
+    "generate.limit=8", "generate.max_new_tokens=8", "generate.batch_size=8", "score.batch_size=8",
+    "eval.limit=4", "eval.max_new_tokens=8", "eval.batch_size=4",
+]
 
 
 def _tiny(teacher, prompts) -> list[str]:
-    """Overrides that shrink the shipped recipe to tiny float32 models, 2 steps and 8 new tokens."""
+    """Overrides that shrink configs/pipeline_dadpo.yaml to tiny float32 models."""
     return [
         f"teacher.path={teacher}", "teacher.dtype=float32", "teacher.param_dtype=float32", "model.dtype=float32",
         "model.remat=none", "data.batch_size=4", "data.max_length=64", "data.max_prompt_length=40", "data.buckets=[64]",
-        "optimizer.lr=1e-3", "optimizer.warmup_steps=0", "train.epochs=0", "train.steps=2", "train.log_every=1",
-        "mesh.data=1", "checkpoint.async_save=false", "logging.progress_bar=false", "logging.tensorboard=false",
-        "logging.plot=false", "prune.fraction=0.34", f"generate.prompts={prompts}", "generate.max_new_tokens=8",
-        "generate.batch_size=4", "generate.top_p=1.0", f"eval.prompts={prompts}", "eval.limit=4", "eval.max_new_tokens=8",
+        "train.steps=2", "mesh.data=1", "prune.fraction=0.34", f"generate.prompts={prompts}", f"eval.prompts={prompts}",
     ]
 
 
+def _weights(folder):
+    return {k: v for f in folder.glob("*.safetensors") for k, v in load_file(f).items()}
+
+
 @pytest.fixture(scope="module")
-def job(tiny_models, prompts_file, tmp_path_factory):
-    """configs/pipeline_dadpo.yaml on tiny models, run twice from a scratch directory (its outputs are
-    relative): (root, first result, second result, stage records reported on the way, first report text)."""
+def job(tiny_models, tmp_path_factory):
+    """asset:main.yaml on tiny models, run three times from a scratch directory (its outputs are relative):
+    (root, first result, second result, stage records reported on the way, first report text, third result)."""
+    from jaxalign.models import bundled
+
     tmp = tmp_path_factory.mktemp("pipeline")
-    overrides = _tiny(tiny_models[0], prompts_file)
     seen = []
     with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(bundled.BUNDLED, "smollm2-135m-instruct", lambda: tiny_models[0])
         mp.chdir(tmp)
-        first = run_pipeline(RECIPE, overrides, on_stage=seen.append)
+        first = run_pipeline("asset:main.yaml", MAIN_OVERRIDES, on_stage=seen.append)
         report = first.report.read_text()  # the second run writes its own report to the same path
-        second = run_pipeline(RECIPE, overrides)
-        third = run_pipeline(RECIPE, [*overrides, "eval.temperature=0.5"])  # only what eval depends on changed
-    return tmp / "runs" / "pipeline_dadpo", first, second, seen, report, third
+        second = run_pipeline("asset:main.yaml", MAIN_OVERRIDES)
+        third = run_pipeline("asset:main.yaml", [*MAIN_OVERRIDES, "eval.temperature=0.5"])  # only eval depends on it
+    return tmp / "runs" / "main", first, second, seen, report, third
 
 
 def test_every_stage_runs_and_writes_its_output(job):
     root, first, _, seen, _, _ = job
     assert not first.interrupted
-    assert [(r.name, r.run, r.status) for r in first.stages] == [(name, run, "ran") for name, run in STAGES]
+    assert [(r.name, r.run, r.status) for r in first.stages] == [(name, run, "ran") for name, run in MAIN_STAGES]
     assert seen == first.stages  # on_stage saw each record as it finished
-    assert json.loads((root / "student" / "config.json").read_text())["num_hidden_layers"] == 2  # 1 of 3 dropped
-    sft = [json.loads(line) for line in (root / "teacher_responses.jsonl").read_text().splitlines()]
-    assert len(sft) == 10 and all({"prompt", "response"} <= set(r) for r in sft)
-    assert (root / "dsft" / "hf" / "config.json").is_file()
-    pairs = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines()]
-    assert len(pairs) == 10
-    scored = [json.loads(line) for line in (root / "pairs_scored.jsonl").read_text().splitlines()]
-    assert len(scored) == 10 and all("teacher_chosen_logps" in r and "ref_chosen_logps" in r for r in scored)
-    assert (root / "dadpo" / "hf" / "config.json").is_file()
-    assert first.stages[5].detail.startswith("2 steps, final loss ")
-    assert set(first.eval_results["models"]) == {"teacher", "pruned", "dSFT", "daDPO"}
+    assert first.stages[6].detail.startswith("2 steps, final loss ")
+    assert list(first.eval_results["models"]) == MAIN_MODELS
     # the third run (another eval.temperature) moved the first run's eval.json aside
     assert json.loads((root / "eval.json.replaced-1").read_text()) == first.eval_results
+
+
+def test_main_recipe_follows_the_paper_protocol(job, tiny_models):
+    """prune -> teacher responses -> dSFT of the pruned student on them -> pairs (new teacher sample vs
+    dSFT-student sample) -> reference (= dSFT student) and teacher log-probs -> judge (only its scalar
+    head trains) -> daDPO from the dSFT student -> eval of the pruned, dSFT and daDPO students."""
+    from jaxalign.train.trainer import EXPORT_PROVENANCE
+
+    root, _, _, _, report, _ = job
+    teacher = tiny_models[0]
+    assert json.loads((root / "student" / "config.json").read_text())["num_hidden_layers"] == 2  # 1 of 3 dropped
+
+    # dSFT: SFT of the pruned student on the teacher's responses, one epoch
+    responses = [json.loads(x) for x in (root / "teacher_responses.jsonl").read_text().splitlines()]
+    assert len(responses) == 8 and all(r["model"] == "teacher" and "response" in r for r in responses)
+    dsft = json.loads((root / "dsft" / "hf" / EXPORT_PROVENANCE).read_text())
+    assert dsft["config"]["loss.name"] == "sft" and dsft["config"]["model.path"] == "runs/main/student"
+    assert dsft["config"]["data.path"] == "runs/main/teacher_responses.jsonl" and dsft["steps"] == 2  # 8 rows / 4
+    pruned, dsft_weights = _weights(root / "student"), _weights(root / "dsft" / "hf")
+    assert any(not np.array_equal(pruned[k], dsft_weights[k]) for k in pruned)
+
+    # pairs: chosen = a new teacher sample, rejected = a sample of the dSFT student; reference = dSFT student
+    pairs = [json.loads(x) for x in (root / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 8 and {(r["chosen_model"], r["rejected_model"]) for r in pairs} == {("teacher", "student")}
+    by_prompt = {r["prompt_id"]: r["response"] for r in responses}
+    assert any(r["chosen"] != by_prompt[r["prompt_id"]] for r in pairs)  # sampled anew, not the dSFT data
+    pairs_record = json.loads((root / "pairs.jsonl.provenance.json").read_text())
+    score_record = json.loads((root / "pairs_scored.jsonl.provenance.json").read_text())
+    from jaxalign.config.schema import ModelSpec
+    from jaxalign.train.provenance import spec_fingerprint
+
+    dsft_print = spec_fingerprint(ModelSpec(path=str(root / "dsft" / "hf")))
+    assert pairs_record["model[student]"] == dsft_print and score_record["reference"] == dsft_print
+    scored = [json.loads(x) for x in (root / "pairs_scored.jsonl").read_text().splitlines()]
+    assert scored and all("teacher_chosen_logps" in r and "ref_rejected_logps" in r for r in scored)
+
+    # daDPO starts from the dSFT student (its reference) on the scored pairs
+    dadpo = json.loads((root / "hf" / EXPORT_PROVENANCE).read_text())
+    assert dadpo["config"]["loss.name"] == "dadpo" and dadpo["config"]["model.path"] == "runs/main/dsft/hf"
+    assert dadpo["config"]["data.path"] == "runs/main/pairs_scored.jsonl" and dadpo["steps"] == 2
+    # the judge: the teacher's backbone, bit-identical, with a trained scalar head
+    src, judge = _weights(teacher), _weights(root / "judge" / "hf")
+    backbone = [k for k in judge if k in src]
+    assert backbone and any("score" in k for k in judge if k not in src)
+    for k in backbone:
+        np.testing.assert_array_equal(judge[k], src[k], err_msg=k)
+    evaluated = json.loads((root / "eval.json.replaced-1").read_text())
+    assert list(evaluated["models"]) == MAIN_MODELS
+    assert all(0 <= m["win_rate_vs_teacher"] <= 1 for m in evaluated["models"].values())
+    assert all(f"| {name} | {run} | ran |" in report for name, run in MAIN_STAGES) and "student + dSFT + daDPO" in report
 
 
 def test_report_has_the_stage_table_and_the_eval_table(job):
@@ -71,7 +129,7 @@ def test_report_has_the_stage_table_and_the_eval_table(job):
         assert f"| {r.name} | {r.run} | ran | {r.seconds:.1f} | {r.detail} |" in report
     assert "## Evaluation" in report
     assert "| model | " + " | ".join(METRICS[k] for k in ("kl_to_teacher", "teacher_logp_per_token")) + " |" in report
-    for name in ("teacher", "pruned", "dSFT", "daDPO"):
+    for name in MAIN_MODELS:
         assert f"| {name} | " in report
     assert f"peak host memory (max RSS of this process): {first.peak_rss_mb:.0f} MB" in report
 
