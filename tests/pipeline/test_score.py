@@ -17,6 +17,7 @@ from jaxalign.losses import rdo_weights
 from jaxalign.models import load_model, load_tokenizer
 from jaxalign.pipeline import score as score_mod
 from jaxalign.pipeline.score import run_score
+from jaxalign.train import build as build_mod
 from jaxalign.train import trainer as trainer_mod
 from jaxalign.train.provenance import sidecar_path
 from jaxalign.train.trainer import Trainer
@@ -104,7 +105,8 @@ def test_training_on_the_scored_file_loads_neither_reference_nor_teacher(scored,
         built.append(key)
         return real_build(spec, key=key, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "build_model", recording_build)
+    for module in (trainer_mod, build_mod):  # the policy is built by train.build, frozen models by the trainer
+        monkeypatch.setattr(module, "build_model", recording_build)
     train_cfg = load_config(None, [*base_overrides, f"data.path={result.output}", "loss.name=dadpo",
                                    "train.steps=1", f"train.output_dir={tmp_path / 'run'}", "train.export_hf=false",
                                    "optimizer.lr=1e-3", "loss.beta_ref=0.1", "loss.beta_teacher=0.5"], stage="train")
@@ -125,7 +127,8 @@ def test_stale_cached_log_probs_are_refused(scored, base_overrides, tiny_models,
     """Cached columns made with other data settings or models than the training run are refused before any
     model loads, naming the setting and how to regenerate; the override (and a matching run) go through."""
     _, result, _ = scored
-    monkeypatch.setattr(trainer_mod, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model built")))
+    for module in (trainer_mod, build_mod):
+        monkeypatch.setattr(module, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model built")))
 
     def cfg(*extra):
         return load_config(None, [*base_overrides, f"data.path={result.output}", "loss.name=dadpo", "train.steps=1",
