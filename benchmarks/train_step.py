@@ -171,7 +171,10 @@ def run_jaxalign(args, v: dict) -> dict:
 
     from jaxalign.config.schema import LossConfig, OptimizerConfig
     from jaxalign.models import ModelConfig, init_model
-    from jaxalign.objectives import ObjectiveContext, get_objective
+    try:
+        from jaxalign.objectives import ObjectiveContext, get_objective
+    except ImportError:  # a `src=` revision from before the objective specs (jaxalign/objectives/)
+        from jaxalign.train.objectives import ObjectiveContext, get_objective
     from jaxalign.train.optimizer import build_optimizer
     from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 
