@@ -110,6 +110,9 @@ def main():
                    for k in b), default=float("nan"))
         print(f"  {impl} / {base}: temp {r['temp'] / results[base]['temp']:.3f}x, max |loss difference| {diff:.2e}, "
               f"max relative difference of {', '.join(COMPARED)} {rel:.2e}")
+        for i, (a, b) in enumerate(zip(r["compared"], results[base]["compared"])):  # where that maximum comes from
+            print(f"    step {i}: " + ", ".join(f"{k} {a[k]:.6g} vs {b[k]:.6g} (rel {abs(a[k] - b[k]) / max(abs(b[k]), 1e-30):.1e})"
+                                             for k in b))
 
 
 if __name__ == "__main__":
