@@ -36,6 +36,8 @@ from flax import nnx
 from jaxalign.config.schema import Config, ConfigError
 from jaxalign.data import DataError, prepare
 from jaxalign.losses import antisymmetric_difference, rdo_weights
+from jaxalign.objectives.dadpo import TEACHER_COLUMNS
+from jaxalign.objectives.dpo import REFERENCE_COLUMNS
 from jaxalign.parallel import distributed
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.pipeline.progress import progress
@@ -83,8 +85,7 @@ def _finish_rows(config: Config, source_rows: list[dict], staged: list[dict], co
 
 
 #: Cached columns -> the provenance keys their values depend on (besides the data settings and tokenizer).
-CACHED_COLUMNS = {"ref_chosen_logps": "reference", "ref_rejected_logps": "reference",
-                  "teacher_chosen_logps": "teacher", "teacher_rejected_logps": "teacher"}
+CACHED_COLUMNS = {**dict.fromkeys(REFERENCE_COLUMNS, "reference"), **dict.fromkeys(TEACHER_COLUMNS, "teacher")}
 
 
 def score_provenance(config: Config, path: str) -> dict:

@@ -35,6 +35,8 @@ from jaxalign.data.collate import Collator, Examples
 from jaxalign.models import ModelConfig, init_model
 from jaxalign.models.lora import LoraSpec, add_lora, split_trainable
 from jaxalign.objectives import ObjectiveContext, get_objective, needs_model
+from jaxalign.objectives.dadpo import TEACHER_COLUMNS
+from jaxalign.objectives.dpo import REFERENCE_COLUMNS
 from jaxalign.parallel.distributed import batch_sharding
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.parallel.sharding import param_name, param_sharding
@@ -43,8 +45,7 @@ from jaxalign.train.optimizer import build_optimizer, frozen_mask, optimizer_sta
 from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 
 #: Precomputed log-prob columns that stand in for a frozen model (``jaxalign score`` writes them).
-CACHED_COLUMNS = {"reference": ("ref_chosen_logps", "ref_rejected_logps"),
-                  "teacher": ("teacher_chosen_logps", "teacher_rejected_logps")}
+CACHED_COLUMNS = {"reference": REFERENCE_COLUMNS, "teacher": TEACHER_COLUMNS}
 GIB = 2**30
 
 

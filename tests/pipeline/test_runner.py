@@ -202,7 +202,7 @@ def test_stages_are_dispatched_from_the_registry(monkeypatch):
 
     assert tuple(runner.STAGE_RUNNERS) == tuple(KINDS)  # every kind the config accepts has a runner, in the same order
     seen = []
-    monkeypatch.setitem(runner.STAGE_RUNNERS, "eval", lambda config: seen.append(config) or ("skipped", "stub"))
-    assert runner._stage("cfg", "eval") == ("skipped", "stub") and seen == ["cfg"]
+    monkeypatch.setitem(runner.STAGE_RUNNERS, "eval", lambda config: seen.append(config) or ("skipped", "recorded"))
+    assert runner._stage("cfg", "eval") == ("skipped", "recorded") and seen == ["cfg"]
     with pytest.raises(ConfigError, match=r"run='distil' is not one of prune, train, generate, score, eval"):
         runner._stage("cfg", "distil")
