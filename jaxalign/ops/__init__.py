@@ -13,11 +13,20 @@ Log-prob primitives never materialise ``[batch, seq, vocab]`` float32 logits:
 - ``vocab_parallel_token_logprobs`` (inside ``jax.shard_map``) and
   ``sharded_token_logprobs`` (takes a ``Mesh``): vocab split over ``tensor``.
 - ``token_distill_loss`` / ``token_distill_divergence``: chunked
-  teacher–student divergences (forward/reverse KL, generalised JSD).
+  teacher–student divergences (forward/reverse KL, generalised JSD); ``teacher_topk`` /
+  ``cached_distill_loss``: the same from a cached top-k teacher distribution plus its residual mass.
 """
 
 from jaxalign.ops.attention import attention
-from jaxalign.ops.distill import DIVERGENCES, logits_divergence, token_distill_divergence, token_distill_loss
+from jaxalign.ops.distill import (
+    DIVERGENCES,
+    cached_distill_divergence,
+    cached_distill_loss,
+    logits_divergence,
+    teacher_topk,
+    token_distill_divergence,
+    token_distill_loss,
+)
 from jaxalign.ops.logprobs import (
     compute_logits,
     masked_token_logprobs,
@@ -30,12 +39,15 @@ from jaxalign.ops.vocab_parallel import sharded_token_logprobs, vocab_parallel_t
 __all__ = [
     "DIVERGENCES",
     "attention",
+    "cached_distill_divergence",
+    "cached_distill_loss",
     "compute_logits",
     "logits_divergence",
     "masked_token_logprobs",
     "segment_logprobs",
     "sequence_logprobs",
     "sharded_token_logprobs",
+    "teacher_topk",
     "token_distill_divergence",
     "token_distill_loss",
     "token_logprobs",

@@ -19,6 +19,12 @@ No τ² factor is applied (fold it into ``kd_weight`` if wanted). Terms with
 zero probability in the first argument of a KL contribute exactly 0, so
 vocab entries masked to -inf in both models give finite values and gradients.
 The teacher is under ``stop_gradient``.
+
+Cached teacher distributions (``teacher_topk`` writes them, ``cached_distill_loss`` reads them):
+the teacher's k largest log-probs at temperature 1 with their token ids, plus its residual
+log-mass ``log(1 − Σ_k p)``. The divergence then runs over k + 1 buckets: the k ids and one
+bucket for the rest of the vocabulary, where the student's mass is ``1 − Σ_k q`` at the same ids.
+With k = V the residual bucket is empty for both and the result is the full-vocabulary divergence.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from jaxalign.ops._chunking import chunked_over_time, f32_grad_accumulator
 from jaxalign.ops._validate import check_choice, check_positive_int, check_scalar
 from jaxalign.ops.logprobs import compute_logits
 
-__all__ = ["DIVERGENCES", "logits_divergence", "token_distill_divergence", "token_distill_loss"]
+__all__ = ["DIVERGENCES", "cached_distill_divergence", "cached_distill_loss", "logits_divergence", "teacher_topk",
+           "token_distill_divergence", "token_distill_loss"]
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
@@ -92,8 +99,11 @@ def logits_divergence(
     if top_k is not None:
         t, idx = lax.top_k(t, top_k)
         s = jnp.take_along_axis(s, idx, axis=-1)
-    logq = jax.nn.log_softmax(s, axis=-1)
-    logp = jax.nn.log_softmax(t, axis=-1)
+    return _divergence(jax.nn.log_softmax(t, axis=-1), jax.nn.log_softmax(s, axis=-1), divergence, jsd_lambda)
+
+
+def _divergence(logp: jax.Array, logq: jax.Array, divergence: str, jsd_lambda: float) -> jax.Array:
+    """The divergence between teacher log-probs ``logp`` and student log-probs ``logq`` over the last axis."""
     if divergence == "forward_kl":
         return _kl(logp, logq)
     if divergence == "reverse_kl":
@@ -217,7 +227,142 @@ def token_distill_loss(
         logit_soft_cap=logit_soft_cap,
         teacher_logit_soft_cap=teacher_logit_soft_cap,
     )
+    return _masked_mean(per_token, mask)
+
+
+def _masked_mean(per_token: jax.Array, mask) -> jax.Array:
+    """Mean of ``per_token`` ``[B, T]`` weighted by ``mask`` (values off the mask ignored); 0 if it is empty."""
     maskf = jnp.asarray(mask).astype(jnp.float32)
     total = jnp.sum(jnp.where(maskf != 0, per_token * maskf, 0.0))
     count = jnp.sum(maskf)
     return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
+
+
+# ----------------------------------------------------------------------------- cached top-k teacher
+
+
+def _log_rest(logp: jax.Array, ids: jax.Array) -> jax.Array:
+    """``log Σ_{v ∉ ids} exp(logp_v)`` over the last axis: ``logp`` ``[..., V]``, ``ids`` ``[..., k]``.
+
+    Exact (a log-sum-exp of the other entries, not ``log(1 − Σ)``): -inf when ids cover the vocab,
+    with finite (zero) gradients then."""
+    in_top = jnp.put_along_axis(jnp.zeros(logp.shape, bool), ids, True, axis=-1, inplace=False)
+    has_rest = jnp.any(~in_top, axis=-1)
+    others = jnp.where(has_rest[..., None], jnp.where(in_top, -jnp.inf, logp), 0.0)  # finite when nothing is left
+    rest = jax.nn.logsumexp(others, axis=-1)
+    return jnp.where(has_rest, rest, -jnp.inf)
+
+
+def teacher_topk(
+    hidden: jax.Array, head: jax.Array, k: int, *, chunk_size: int = 256, logit_soft_cap: float | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The teacher's cached distribution at every position: ``(ids [B, T, k] int32, logps [B, T, k]
+    float32, residual [B, T] float32)``.
+
+    ``hidden`` ``[B, T, D]``, ``head`` ``[D, V]``; ``logps`` are the k largest raw log-softmax values
+    (temperature 1) in descending order with their token ``ids``; ``residual`` is ``log(1 − Σ exp(logps))``,
+    computed exactly (-inf when k = V). Chunked over T like the other LM-head ops.
+    """
+    check_positive_int("k", k)
+    if k > head.shape[1]:
+        raise ValueError(f"k={k} exceeds the vocab size {head.shape[1]}")
+    check_positive_int("chunk_size", chunk_size)
+    if head.shape[1] > 2**24:
+        raise ValueError(f"vocab size {head.shape[1]}: token ids above 2**24 do not round-trip through float32")
+
+    def body(h):
+        logp = jax.nn.log_softmax(compute_logits(h, head, logit_soft_cap), axis=-1)
+        values, ids = lax.top_k(logp, k)
+        return jnp.concatenate([values, ids.astype(jnp.float32), _log_rest(logp, ids)[..., None]], axis=-1)
+
+    out = chunked_over_time(body, (lax.stop_gradient(hidden),), chunk_size)
+    return out[..., k:2 * k].astype(jnp.int32), out[..., :k], out[..., 2 * k]
+
+
+def _check_cache_inputs(student_hidden, student_head, ids, logps, residual, mask) -> None:
+    B, T = student_hidden.shape[:2]
+    for name, arr, want in (("teacher_ids", ids, (B, T, None)), ("teacher_logps", logps, (B, T, None)),
+                            ("teacher_residual", residual, (B, T)), ("mask", mask, (B, T))):
+        shape = tuple(np.shape(arr))
+        if len(shape) != len(want) or any(w is not None and s != w for s, w in zip(shape, want)):
+            raise ValueError(f"{name} has shape {shape} but student_hidden has [batch, seq] {(B, T)}"
+                             + (" (and a last axis of k)" if len(want) == 3 else ""))
+    if np.shape(ids) != np.shape(logps):
+        raise ValueError(f"teacher_ids has shape {tuple(np.shape(ids))} but teacher_logps has {tuple(np.shape(logps))}")
+    if np.shape(ids)[-1] > student_head.shape[1]:
+        raise ValueError(f"the cache's k={np.shape(ids)[-1]} exceeds the student's vocab size {student_head.shape[1]}: "
+                         "teacher and student must share a tokenizer")
+
+
+def cached_distill_divergence(
+    student_hidden: jax.Array,
+    student_head: jax.Array,
+    teacher_ids: jax.Array,
+    teacher_logps: jax.Array,
+    teacher_residual: jax.Array,
+    mask: jax.Array,
+    *,
+    divergence: str = "forward_kl",
+    jsd_lambda: float = 0.5,
+    top_k: int | None = None,
+    chunk_size: int = 256,
+    logit_soft_cap: float | None = None,
+) -> jax.Array:
+    """Per-token divergence ``[B, T]`` between a cached top-k teacher distribution and the student.
+
+    Args:
+      student_hidden: ``[B, T, D]``; student_head: ``[D, V]``.
+      teacher_ids / teacher_logps: ``[B, T, k]`` (``teacher_topk``: distinct ids, temperature-1
+        log-probs); teacher_residual: ``[B, T]`` = ``log(1 − Σ_k p)``. No gradient reaches them.
+      mask: ``[B, T]``: positions off it are given a stand-in teacher (any value there is ignored,
+        NaN-free forward and backward); the caller masks the result.
+      top_k: None = k buckets + the residual bucket:
+        teacher ``(p_1..p_k, r_p)``, student ``(q_{id_1}..q_{id_k}, log Σ_{v ∉ ids} q_v)``, where
+        ``q = softmax(student logits)``, and the divergence (see the module docstring) over these k + 1
+        buckets. An int ≤ k = the first ``top_k`` ids, both renormalised over them, no residual bucket
+        (exactly ``logits_divergence``'s ``top_k`` at temperature 1).
+    Chunked over T (``[B, chunk, V]`` student logits at most), rematerialised in the backward pass.
+    """
+    _check_cache_inputs(student_hidden, student_head, teacher_ids, teacher_logps, teacher_residual, mask)
+    k, vocab = teacher_ids.shape[-1], student_head.shape[1]
+    _check_distill_options(divergence, 1.0, jsd_lambda, top_k, k)
+    check_positive_int("chunk_size", chunk_size)
+    head_acc, head_dtype = f32_grad_accumulator(student_head)
+    # Stand-in teacher off the mask: uniform over k + 1 buckets, or k when the residual bucket is empty
+    # for the student too (k = V): positive wherever the student's mass is, so every divergence is finite.
+    full = k == vocab
+    pad_logp = -math.log(k if full else k + 1)
+    pad_residual = -jnp.inf if full else pad_logp
+
+    def body(hs, ids, logps, residual, m):
+        on = m != 0
+        ids = jnp.where(on[..., None], ids, jnp.arange(k, dtype=ids.dtype))
+        logps = jnp.where(on[..., None], logps.astype(jnp.float32), pad_logp)
+        residual = jnp.where(on, residual.astype(jnp.float32), pad_residual)
+        logq_all = jax.nn.log_softmax(compute_logits(hs, head_acc.astype(head_dtype), logit_soft_cap), axis=-1)
+        logq = jnp.take_along_axis(logq_all, ids, axis=-1)
+        if top_k is not None:
+            return _divergence(jax.nn.log_softmax(logps[..., :top_k], axis=-1),
+                               jax.nn.log_softmax(logq[..., :top_k], axis=-1), divergence, jsd_lambda)
+        logp = jnp.concatenate([logps, residual[..., None]], axis=-1)
+        logq = jnp.concatenate([logq, _log_rest(logq_all, ids)[..., None]], axis=-1)
+        return _divergence(logp, logq, divergence, jsd_lambda)
+
+    teacher = [lax.stop_gradient(jnp.asarray(x)) for x in (teacher_ids, teacher_logps, teacher_residual)]
+    return chunked_over_time(body, (student_hidden, *teacher, jnp.asarray(mask)), chunk_size)
+
+
+def cached_distill_loss(
+    student_hidden: jax.Array,
+    student_head: jax.Array,
+    teacher_ids: jax.Array,
+    teacher_logps: jax.Array,
+    teacher_residual: jax.Array,
+    mask: jax.Array,
+    **kwargs,
+) -> jax.Array:
+    """Scalar KD loss from a cached top-k teacher: the ``mask``-weighted mean of ``cached_distill_divergence``
+    (same keyword arguments), 0 if the mask is empty. The counterpart of ``token_distill_loss``."""
+    per_token = cached_distill_divergence(student_hidden, student_head, teacher_ids, teacher_logps, teacher_residual,
+                                          mask, **kwargs)
+    return _masked_mean(per_token, mask)
