@@ -81,6 +81,12 @@ class LossCommon:
     kd_on: str = setting("chosen", choices=KD_ON)
     """Responses the distillation term runs on: chosen | rejected | both."""
 
+    kd_cache: str = ""
+    """Top-k teacher distributions written by ``jaxalign score`` (``score.teacher_top_k``) to train the distillation
+    term from, instead of the teacher's forward pass: the divergence runs over the cached k tokens plus one bucket for
+    the rest of the vocabulary (docs/objectives.md); with cached teacher log-prob columns too, the teacher is not
+    loaded. Checked against the tokenizer and the responses; needs kd_temperature=1 and no eval_data; "" = off."""
+
     nll_weight: float = setting(0.0, ge=0)
     """γ: weight of an NLL (SFT) term on the chosen responses added to the preference loss."""
 

@@ -115,6 +115,11 @@ class ScoreConfig:
     teacher_logps: bool = False
     """Write the teacher's sequence log-probs (needs ``teacher``; then daDPO does not load the teacher)."""
 
+    teacher_top_k: int = setting(0, ge=0, integer=True)
+    """Also write the teacher's k most likely next tokens (ids, temperature-1 log-probs) and the residual log-mass at
+    every response token of both sides to ``<output stem>.teacher_topk.parquet`` beside the output, for token-level
+    distillation without the teacher (``loss.kd_cache``); needs ``teacher``; 0 = off."""
+
     rdo_weights: bool = False
     """Write reward differences and RDO weights with the ``loss.rdo`` settings (source, transform, model)."""
 

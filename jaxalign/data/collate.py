@@ -24,6 +24,10 @@ int32 (1 desirable, 0 undesirable). ``pairwise`` adds ``fwd_last_index`` /
 ``bwd_last_index`` int32 ``[B]`` (last real token; 0 for empty rows) and,
 when both scores are present, ``label`` float32 ``[B]`` = score_chosen - score_rejected.
 
+With a cached teacher attached (``use_topk``, ``jaxalign.data.kd_cache``), preference batches also carry
+``{side}_topk_ids`` / ``{side}_topk_logps`` ``[B, T, k]`` and ``{side}_topk_residual`` ``[B, T]`` for the
+attached sides, aligned like ``loss_mask``.
+
 KTO's ``kl_*`` rows pair global row g's prompt with the completion of the
 next row of the global batch ((g+1) mod n), skipping rows from the same
 source row; if every row shares one source row the pair stays matched.
@@ -99,6 +103,14 @@ class Collator:
         self.pairwise_ids = pairwise_ids
         if task == "pairwise" and (pairwise_ids is None or eos_id is None):
             raise ValueError("pairwise collation needs pairwise_ids and eos_id")
+        self.topk = None  # a matched jaxalign.data.kd_cache.TopKCache, or None
+        self.topk_sides: tuple[str, ...] = ()
+
+    def use_topk(self, cache, sides: Sequence[str]) -> None:
+        """Add ``cache``'s arrays (``TopKCache``, already matched to these examples) for ``sides`` to every batch."""
+        if self.task != "preference":
+            raise DataError(f"cached teacher distributions need data.task='preference', not {self.task!r}")
+        self.topk, self.topk_sides = cache, tuple(sides)
 
     # ------------------------------------------------------------------ lengths
 
@@ -156,6 +168,8 @@ class Collator:
         if self.task == "preference":
             for side in ("chosen", "rejected"):
                 batch.update(self._sequences(local, T, side, prefix=f"{side}_"))
+                if side in self.topk_sides:
+                    batch.update(self.topk.arrays(self.ex, local, T, side, prefix=f"{side}_"))
         elif self.task == "sft":
             batch.update(self._sequences(local, T, "chosen", prefix=""))
         elif self.task == "kto":

@@ -22,7 +22,8 @@ from jax.sharding import Mesh
 from jaxalign.config.loss import KD_ON
 from jaxalign.losses import composite_loss, sft_loss
 from jaxalign.losses._common import safe_div
-from jaxalign.ops import token_distill_loss
+from jaxalign.errors import ConfigError
+from jaxalign.ops import cached_distill_loss, token_distill_loss
 from jaxalign.train.forward import Sequences, SequenceOutput, sequence_logps, split_pairs
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "slots",
     "split_pairs",
     "totals_or_batch",
+    "token_kd",
     "with_extra_terms",
     "with_router_aux",
 ]
@@ -154,6 +156,33 @@ def with_router_aux(result: tuple[jax.Array, dict], policy: SequenceOutput, ctx:
     return loss + w * policy.aux_loss, {**metrics, "router_aux_loss": policy.aux_loss}
 
 
+def token_kd(models: Models, batch: dict, both: Sequences, policy: SequenceOutput, teacher_out, ctx) -> jax.Array:
+    """This batch's token-mean distillation divergence on the `loss.kd_on` rows of `both` (chosen rows, then
+    rejected rows). From the cached top-k teacher (`{side}_topk_ids/logps/residual`, `loss.kd_cache`) when the
+    batch carries it, no teacher model needed; else from the teacher's forward pass (`teacher_out`, or run here)."""
+    cfg = ctx.loss
+    half = both.input_ids.shape[0] // 2
+    rows = {"chosen": slice(0, half), "rejected": slice(half, None), "both": slice(None)}[cfg.kd_on]
+    prefixes = KD_SIDES[cfg.kd_on]
+    common = dict(divergence=cfg.kd_divergence, jsd_lambda=cfg.kd_jsd_lambda, top_k=cfg.kd_top_k or None,
+                  chunk_size=ctx.chunk_size)
+    if f"{prefixes[0]}topk_ids" in batch:
+        if cfg.kd_temperature != 1:
+            raise ConfigError(f"loss.kd_cache holds temperature-1 log-probs; loss.kd_temperature={cfg.kd_temperature}")
+        ids, logps, residual = (jnp.concatenate([batch[f"{p}topk_{n}"] for p in prefixes])[:, 1:]
+                                for n in ("ids", "logps", "residual"))
+        return cached_distill_loss(policy.hidden[rows, :-1], models.policy.lm_head_weight(), ids, logps, residual,
+                                   both.loss_mask[rows, 1:], logit_soft_cap=models.policy.logit_softcap, **common)
+    if teacher_out is None:
+        teacher_out = frozen_logps(models.teacher, both, 1, ctx)
+    return token_distill_loss(
+        policy.hidden[rows, :-1], models.policy.lm_head_weight(),
+        teacher_out.hidden[rows, :-1], models.teacher.lm_head_weight(), both.loss_mask[rows, 1:],
+        temperature=cfg.kd_temperature, logit_soft_cap=models.policy.logit_softcap,
+        teacher_logit_soft_cap=models.teacher.logit_softcap, **common,
+    )
+
+
 def with_extra_terms(loss, metrics, models: Models, batch: dict, both: Sequences, policy: SequenceOutput,
                      teacher_out, ctx, totals: Totals):
     """Add the optional token-level KD and chosen-NLL terms (`composite_loss`), each a token mean
@@ -163,18 +192,8 @@ def with_extra_terms(loss, metrics, models: Models, batch: dict, both: Sequences
         return loss, metrics
     kd = nll = None
     if cfg.kd_weight > 0:
-        if teacher_out is None:
-            teacher_out = frozen_logps(models.teacher, both, 1, ctx)
-        half = both.input_ids.shape[0] // 2
-        rows = {"chosen": slice(0, half), "rejected": slice(half, None), "both": slice(None)}[cfg.kd_on]
-        kd = token_distill_loss(
-            policy.hidden[rows, :-1], models.policy.lm_head_weight(),
-            teacher_out.hidden[rows, :-1], models.teacher.lm_head_weight(), both.loss_mask[rows, 1:],
-            divergence=cfg.kd_divergence, temperature=cfg.kd_temperature, jsd_lambda=cfg.kd_jsd_lambda,
-            top_k=cfg.kd_top_k or None, chunk_size=ctx.chunk_size,
-            logit_soft_cap=models.policy.logit_softcap, teacher_logit_soft_cap=models.teacher.logit_softcap,
-        )
-        # token_distill_loss is this batch's token mean: rescale it to the whole batch's count
+        # token_kd is this batch's token mean: rescale it to the whole batch's count
+        kd = token_kd(models, batch, both, policy, teacher_out, ctx)
         kd = kd * safe_div(_scored_tokens(batch, *KD_SIDES[cfg.kd_on]), totals["kd_tokens"])
     if cfg.nll_weight > 0:
         chosen_logps, _ = split_pairs(policy.logps)

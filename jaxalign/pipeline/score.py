@@ -9,6 +9,12 @@ gap, or the data's score gap) with ``rdo_weight`` (``loss.rdo`` transform,
 normalised over the dataset). A reward-model source also writes its scores as
 ``score_chosen``/``score_rejected``.
 
+With ``score.teacher_top_k`` = k > 0 the teacher's top-k next-token log-probs (ids and values, temperature
+1) and residual log-mass at every response token of both sides go to a Parquet file next to the output,
+``kd_cache_path(score.output)`` (``<output stem>.teacher_topk.parquet``; format in
+``jaxalign.data.kd_cache``), from the same forward pass as the teacher's sequence log-probs. Training
+reads it with ``loss.kd_cache`` (``attach_kd_cache`` checks it against the tokenizer and the responses).
+
 Per-row results stream to ``<output>.partial.jsonl`` (resumable after a crash
 or SIGTERM); the output is written once every row is scored, since the RDO
 normalisation needs them all.
@@ -35,6 +41,8 @@ from flax import nnx
 
 from jaxalign.config.schema import Config, ConfigError
 from jaxalign.data import DataError, prepare
+from jaxalign.data.kd_cache import SIDES as KD_CACHE_SIDES
+from jaxalign.data.kd_cache import TopKCache, TopKCacheWriter
 from jaxalign.losses import antisymmetric_difference, rdo_weights
 from jaxalign.objectives.dadpo import TEACHER_COLUMNS
 from jaxalign.objectives.dpo import REFERENCE_COLUMNS
@@ -42,13 +50,13 @@ from jaxalign.parallel import distributed
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.pipeline.progress import progress
 from jaxalign.pipeline.rows import RowWriter, fold_parts, load_table, part_path
-from jaxalign.pipeline.scoring import make_pair_differences, make_pair_logps, make_pair_rewards
+from jaxalign.pipeline.scoring import make_pair_differences, make_pair_logps, make_pair_rewards, make_pair_topk
 from jaxalign.train.build import build_model, build_model_config, build_tokenizer
 from jaxalign.train.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScoreResult", "run_score"]
+__all__ = ["ScoreResult", "attach_kd_cache", "kd_cache_path", "run_score"]
 
 _ROW = "row"  # key of the staged per-row results
 
@@ -61,6 +69,7 @@ class ScoreResult:
     columns: list[str]
     seconds: float
     interrupted: bool = False
+    kd_cache: Path | None = None  # the teacher's top-k cache (score.teacher_top_k > 0)
 
 
 def _device_batch(batch: dict, mesh, keys, rows: int) -> dict:
@@ -98,8 +107,10 @@ def score_provenance(config: Config, path: str) -> dict:
               **data_settings(config.data)}
     if sc.reference_logps:
         record["reference"] = spec_fingerprint(config.reference if config.reference.is_set() else config.model)
-    if sc.teacher_logps:
+    if sc.teacher_logps or sc.teacher_top_k:
         record["teacher"] = spec_fingerprint(config.teacher)
+    if sc.teacher_top_k:
+        record["score.teacher_top_k"] = sc.teacher_top_k
     if sc.rdo_weights:
         record.update({f"loss.rdo.{k}": getattr(rdo, k) for k in ("source", "transform", "temperature", "clip", "normalize")})
         if rdo.source != "dataset":
@@ -139,6 +150,72 @@ def check_cached_columns(config: Config, columns: set[str], *, reference, teache
                 regenerate=regenerate)
 
 
+def kd_cache_path(output: str | Path) -> Path:
+    """Where ``score`` writes the teacher's top-k cache for ``score.output``: ``<stem>.teacher_topk.parquet`` beside it."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.teacher_topk.parquet")
+
+
+def _kd_cache_record(config: Config, vocab_size: int) -> dict:
+    """What a top-k cache's values depend on (its Parquet metadata): the teacher, the tokenizer and its vocab
+    size, the data settings that change token ids, and the scored input's digest."""
+    from jaxalign.train.provenance import data_settings, source_digest, spec_fingerprint
+
+    return {"kind": "kd_cache", "teacher": spec_fingerprint(config.teacher), "vocab_size": int(vocab_size),
+            "tokenizer": spec_fingerprint(config.model, tokenizer_only=True),
+            "source": source_digest(config.score.input or config.data.path), **data_settings(config.data)}
+
+
+def attach_kd_cache(config: Config, spec, data, vocab_size: int) -> TopKCache | None:
+    """Training from cached teacher distributions (``loss.kd_cache``): load the cache, check it fits this run and
+    add its arrays to ``data``'s batches (the ``loss.kd_on`` sides); None when there is nothing to do.
+
+    Refused with a one-line error naming the file: a vocab size other than the policy's ``vocab_size``, another
+    tokenizer, teacher (when ``teacher`` is set) or data settings than recorded (these unless
+    ``data.ignore_provenance``), and any row whose response tokens differ from the cache's. The cache holds
+    temperature-1 log-probs of ``data.path`` only: ``loss.kd_temperature`` must be 1 and ``eval_data`` unset."""
+    from jaxalign.train.provenance import check_match, data_settings, spec_fingerprint
+
+    loss, path, key = config.loss, config.loss.kd_cache, "loss.kd_cache"
+    if not path or loss.kd_weight == 0:
+        return None
+    if not spec.extra_terms or spec.task != "preference":
+        raise ConfigError(f"{key}={path}: loss.name={loss.name!r} has no token-level distillation term to feed")
+    if loss.kd_temperature != 1:
+        raise ConfigError(f"{key}={path} holds temperature-1 log-probs; loss.kd_temperature={loss.kd_temperature} "
+                          "needs the teacher in the step (unset loss.kd_cache) or set loss.kd_temperature=1")
+    if config.eval_data:
+        raise ConfigError(f"{key}={path} covers data.path only, not eval_data={config.eval_data}; unset eval_data "
+                          "(evaluate with the `eval` stage) or unset loss.kd_cache")
+    cache = TopKCache(path, key=key)
+    regenerate = f"rerun `jaxalign score` with score.teacher_top_k and this run's settings to rewrite {path}"
+    if cache.record.get("vocab_size") != vocab_size:
+        raise DataError(f"{key}={path} was made for vocab size {cache.record.get('vocab_size')} but the policy "
+                        f"(model) has {vocab_size}: teacher and student must share a tokenizer; {regenerate}")
+    if loss.kd_top_k > cache.k:
+        raise ConfigError(f"loss.kd_top_k={loss.kd_top_k} exceeds the k={cache.k} of {key}={path}")
+    if not config.data.ignore_provenance:
+        current = {"tokenizer": spec_fingerprint(config.model, tokenizer_only=True), **data_settings(config.data)}
+        if config.teacher.is_set():
+            current["teacher"] = spec_fingerprint(config.teacher)
+        check_match(f"{key}={path}", {k: cache.record.get(k) for k in current}, current, regenerate=regenerate)
+    cache.match(data.examples, data.describe_row)
+    data.collator.use_topk(cache, KD_CACHE_SIDES if loss.kd_on == "both" else (loss.kd_on,))
+    log.info("train: token-level distillation from %s (k=%d, %d rows)", path, cache.k, cache.record.get("rows", -1))
+    return cache
+
+
+def _cache_row(host: dict, h: int, values: dict, v: int, row: int) -> dict:
+    """One pair's top-k cache entry: per side, the scored positions' target ids and teacher arrays."""
+    entry = {"row": row}
+    for side in KD_CACHE_SIDES:
+        pos = np.flatnonzero(host[f"{side}_loss_mask"][h, 1:])
+        entry[f"{side}_targets"] = host[f"{side}_input_ids"][h, 1:][pos]
+        for name in ("ids", "logps", "residual"):
+            entry[f"{side}_topk_{name}"] = values[f"{side}_{name}"][v][pos]
+    return entry
+
+
 def run_score(config: Config) -> ScoreResult:
     """Score every row of ``score.input`` (or ``data.path``) not yet scored; write ``score.output``.
 
@@ -172,11 +249,17 @@ def _run_score(config: Config) -> ScoreResult:
         judge_tok = build_tokenizer(rdo.model, key="loss.rdo.model") if (rdo.model.tokenizer or rdo.model.path) else tokenizer
         pairwise = prepare(path, judge_tok, dataclasses.replace(data_cfg, task="pairwise"))
     student_cfg = build_model_config(config.model, key="model")
-    if sc.teacher_logps:
+    top_k = sc.teacher_top_k
+    if top_k and not config.teacher.is_set():
+        raise ConfigError(f"score.teacher_top_k={top_k} needs a teacher (teacher.path or teacher.preset)")
+    if sc.teacher_logps or top_k:
         teacher_cfg = build_model_config(config.teacher, key="teacher")
         if teacher_cfg.vocab_size != student_cfg.vocab_size:
             raise ConfigError(f"teacher vocabulary ({teacher_cfg.vocab_size}) differs from the student's "
                               f"({student_cfg.vocab_size}): teacher and student must share a tokenizer")
+        if top_k > teacher_cfg.vocab_size:
+            raise ConfigError(f"score.teacher_top_k={top_k} exceeds the teacher's vocab size {teacher_cfg.vocab_size}")
+    topk = TopKCacheWriter(kd_cache_path(sc.output), top_k) if top_k else None
 
     source_rows = load_table(path)
     multi, main = jax.process_count() > 1, jax.process_index() == 0
@@ -203,8 +286,11 @@ def _run_score(config: Config) -> ScoreResult:
     unrecorded = check_resumable(sc.output, "score.output", writer, record, ignore=config.data.ignore_provenance,
                                  regenerate=f"delete {sc.output} (and {Path(sc.output).name}.partial.jsonl) to rescore")
     if writer.complete:
+        if topk is not None and not topk.complete:
+            raise DataError(f"score.output={sc.output} is complete but its top-k cache {topk.path} is missing or "
+                            f"unfinished; delete {sc.output} to rescore")
         log.info("score: %s already complete (%d rows)", sc.output, writer.rows_done)
-        return ScoreResult(Path(sc.output), writer.rows_done, 0, columns, 0.0)
+        return ScoreResult(Path(sc.output), writer.rows_done, 0, columns, 0.0, kd_cache=topk and topk.path)
 
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -220,10 +306,22 @@ def _run_score(config: Config) -> ScoreResult:
                 gd, st = nnx.split(build_model(spec, key="reference" if config.reference.is_set() else "model", mesh=mesh))
                 fn = make_pair_logps(gd, chunk)
                 scorers.append(lambda b, p, fn=fn, st=st: dict(zip(("ref_chosen_logps", "ref_rejected_logps"), fn(st, b))))
-            if sc.teacher_logps:
+            if sc.teacher_logps and not top_k:
                 gd, st = nnx.split(build_model(config.teacher, key="teacher", mesh=mesh))
                 fn = make_pair_logps(gd, chunk)
                 scorers.append(lambda b, p, fn=fn, st=st: dict(zip(("teacher_chosen_logps", "teacher_rejected_logps"), fn(st, b))))
+            if top_k:  # the sequence log-probs (when asked) and the top-k cache from one teacher forward pass
+                gd, st = nnx.split(build_model(config.teacher, key="teacher", mesh=mesh))
+                fn = make_pair_topk(gd, chunk, top_k)
+
+                def teacher_cols(b, p, fn=fn, st=st):
+                    out = fn(st, b)
+                    cols = {f"_topk_{k}": v for k, v in out.items() if k not in ("chosen", "rejected")}
+                    if sc.teacher_logps:
+                        cols.update(teacher_chosen_logps=out["chosen"], teacher_rejected_logps=out["rejected"])
+                    return cols
+
+                scorers.append(teacher_cols)
             if want_rdo and rdo.source == "reward_model":
                 gd, st = nnx.split(build_model(rdo.model, key="loss.rdo.model", head="score", mesh=mesh))
                 fn = make_pair_rewards(gd)
@@ -267,14 +365,19 @@ def _run_score(config: Config) -> ScoreResult:
                 for scorer in scorers:
                     values.update(scorer(batch, pbatch))
                 values = {k: distributed.local_rows(v, mesh, owned) for k, v in values.items()}
-                rows = []
+                cached = {k[len("_topk_"):]: values.pop(k) for k in list(values) if k.startswith("_topk_")}
+                rows, cache_rows = [], []
                 for j in range(owned.start, min(owned.stop, len(units))):
                     h, v = j - span.start, j - owned.start  # positions in this process's collated / read-back rows
                     row = {_ROW: int(host["row_id"][h, 0])}
                     row.update({k: float(x[v]) for k, x in values.items()})
+                    if topk is not None:
+                        cache_rows.append(_cache_row(host, h, cached, v, row[_ROW]))
                     if want_rdo and rdo.source == "dataset":
                         row["rdo_difference"] = float(host["score_chosen"][h, 0] - host["score_rejected"][h, 0])
                     rows.append(row)
+                if topk is not None:  # before the rows: a row recorded as scored always has its cache entry
+                    topk.write(cache_rows, jax.process_index())
                 out.write(rows)
                 new_rows += len(units)  # over all processes
                 bar.update(len(units))
@@ -291,10 +394,14 @@ def _run_score(config: Config) -> ScoreResult:
             if not todo_units and unrecorded:
                 write_sidecar(sc.output, record)
             fold_parts(writer, by_row)
+            if topk is not None:  # before the output: a complete output always has its cache
+                order = sorted(r[_ROW] for r in (writer.staged_rows() if writer.stream.exists() else []))
+                topk.finish(order, _kd_cache_record(config, student_cfg.vocab_size))
             writer.finish(lambda staged: _finish_rows(config, source_rows, staged, columns))
             write_sidecar(sc.output, {**record, "output": file_digest(sc.output)})
 
         distributed.on_main(merge, f"writing score.output={sc.output}")
-    result = ScoreResult(Path(sc.output), rows_before + new_rows, new_rows, columns, time.perf_counter() - start, interrupted)
+    result = ScoreResult(Path(sc.output), rows_before + new_rows, new_rows, columns, time.perf_counter() - start, interrupted,
+                         kd_cache=topk.path if topk is not None and topk.complete else None)
     log.info("score: %d rows, columns %s -> %s (%.1f s)", result.rows, ", ".join(columns), sc.output, result.seconds)
     return result

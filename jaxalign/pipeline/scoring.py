@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxalign.ops import token_distill_divergence
+from jaxalign.ops import teacher_topk, token_distill_divergence
 from jaxalign.train.forward import Sequences, sequence_logps, split_pairs
 
-__all__ = ["make_pair_logps", "make_sft_logps", "make_pair_rewards", "make_pair_differences", "make_token_kl"]
+__all__ = ["make_pair_logps", "make_pair_topk", "make_sft_logps", "make_pair_rewards", "make_pair_differences", "make_token_kl"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -30,6 +30,29 @@ def make_pair_logps(graphdef, chunk_size: int):
         model = nnx.merge(graphdef, state)
         both = Sequences.concat(Sequences.from_batch(batch, "chosen_"), Sequences.from_batch(batch, "rejected_"))
         return split_pairs(sequence_logps(model, both, 1, chunk_size=chunk_size).logps)
+
+    return fn
+
+
+@functools.lru_cache(maxsize=32)
+def make_pair_topk(graphdef, chunk_size: int, k: int):
+    """`(state, preference batch) -> {name: array}` from one forward pass: `chosen`/`rejected` `[B]` summed response
+    log-probs and, per side, `{side}_ids`/`{side}_logps` `[B, T-1, k]` and `{side}_residual` `[B, T-1]`: the top-k
+    next-token log-probs and residual log-mass at every position (`jaxalign.ops.teacher_topk`; entry t is the
+    distribution of token t+1)."""
+
+    @jax.jit
+    def fn(state, batch):
+        model = nnx.merge(graphdef, state)
+        both = Sequences.concat(Sequences.from_batch(batch, "chosen_"), Sequences.from_batch(batch, "rejected_"))
+        out = sequence_logps(model, both, 1, chunk_size=chunk_size)
+        top = teacher_topk(out.hidden[:, :-1], model.lm_head_weight(), k, chunk_size=chunk_size,
+                           logit_soft_cap=model.logit_softcap)
+        half = both.input_ids.shape[0] // 2
+        result = dict(zip(("chosen", "rejected"), split_pairs(out.logps)))
+        for name, x in zip(("ids", "logps", "residual"), top):
+            result[f"chosen_{name}"], result[f"rejected_{name}"] = x[:half], x[half:]
+        return result
 
     return fn
 

@@ -209,10 +209,11 @@ class Trainer:
         _check_inputs_fit_model(config, self.data, model_config)
         if self.eval_data is not None:
             _check_inputs_fit_model(config, self.eval_data, model_config)
-        from jaxalign.pipeline.score import check_cached_columns
+        from jaxalign.pipeline.score import attach_kd_cache, check_cached_columns
 
         check_cached_columns(config, columns, reference=config.reference if config.reference.is_set() else config.model,
                              teacher=config.teacher if config.teacher.is_set() else None)
+        attach_kd_cache(config, self.spec, self.data, model_config.vocab_size)  # loss.kd_cache: KD without the teacher
         self.yaml_text = to_yaml(config)
         self.provenance = run_provenance(config)
         check_resume(config, self.yaml_text, self.provenance)
