@@ -1,6 +1,6 @@
 """Run jaxalign commands one after another in one process: the multi-host tests launch it per process.
 
-    python tests/pipeline/multihost_stages.py PAUSE generate ARGS... ::: score ARGS...
+    python tests/pipeline/multihost_stages.py PAUSE train ARGS... ::: generate ARGS... ::: score ARGS...
 
 Each command is ``jaxalign COMMAND ARGS`` (the CLI's ``main``; the stages join ``jax.distributed`` from
 the ``JAX_*`` environment). After every batch a stage writes it prints ``wrote N <file name>`` and sleeps

@@ -1,9 +1,11 @@
-"""Multi-host ``generate`` and ``score``: 2 processes x 4 CPU devices (``jax.distributed`` on localhost,
-launched by ``launch/local_multiprocess.sh``) write the same rows as 1 process x 8 devices (this test
-process), with the models sharded over the global mesh across the processes (``mesh.fsdp=4
-mesh.tensor=2``: each process holds half of every fsdp-sharded weight); a 2-process run stopped by
-SIGTERM resumes, with another process count, to the same rows, each exactly once. One 2-process
-launch serves both tests (``generate`` whole, then ``score`` stopped), as each launch costs ~30 s.
+"""Multi-host ``train``, ``generate`` and ``score``: 2 processes x 4 CPU devices (``jax.distributed`` on
+localhost, launched by ``launch/local_multiprocess.sh``) train with the same losses and write the same rows
+as 1 process x 8 devices (this test process). ``train`` splits the batch over the global data axis
+(``mesh.data=8``); ``generate`` and ``score`` shard the models over the global mesh across the processes
+(``mesh.fsdp=4 mesh.tensor=2``: each process holds half of every fsdp-sharded weight); a 2-process run
+stopped by SIGTERM resumes, with another process count, to the same rows, each exactly once. One 2-process
+launch serves every test (``train``, then ``generate`` whole, then ``score`` stopped), as each launch costs
+two jax starts (~30 s).
 """
 
 import json
@@ -19,12 +21,14 @@ import pytest
 from jaxalign.config import load_config
 from jaxalign.pipeline.generate import run_generate
 from jaxalign.pipeline.score import run_score
+from jaxalign.train.trainer import train
 from tests.pipeline.conftest import sigterm_at, write_jsonl
-from tests.train.conftest import synthetic_preferences
+from tests.train.conftest import byte_tokenizer_dir, preference_data, synthetic_preferences, tiny_overrides  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 HELPER = [sys.executable, str(REPO / "tests/pipeline/multihost_stages.py")]
 PROMPTS = 20  # batches of 8: two full and a padded last one
+TINY_DPO = str(REPO / "configs/tiny_dpo.yaml")
 
 
 def _rows(path):
@@ -38,8 +42,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_models, tmp_path_factory, subprocess_env):
-    """(subprocess environment, overrides shared by every run, work folder)."""
+def setup(tiny_models, preference_data, byte_tokenizer_dir, tmp_path_factory, subprocess_env):
+    """(subprocess environment, overrides shared by the generate/score runs, overrides of every train run
+    of configs/tiny_dpo.yaml, work folder)."""
     assert jax.device_count() == 8, "the 1-process runs need 8 devices (tests/conftest.py sets XLA_FLAGS)"
     teacher, student = tiny_models
     root = tmp_path_factory.mktemp("multihost")
@@ -53,30 +58,33 @@ def setup(tiny_models, tmp_path_factory, subprocess_env):
         "generate.temperature=0", f"generate.prompts={prompts}", f"score.input={prefs}", "score.batch_size=8",
         "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2",
     ]
-    return env, overrides, root
+    train_overrides = [o for o in tiny_overrides(preference_data, byte_tokenizer_dir, root)
+                       if not o.startswith(("train.output_dir", "eval_data"))]
+    train_overrides += ["eval_data=null", "train.steps=6", "optimizer.lr=1e-3", "mesh.data=8", "train.log_every=1"]
+    return env, overrides, train_overrides, root
 
 
-def _stages(overrides, out: Path, stages=("generate", "score")) -> list[str]:
-    """multihost_stages.py's arguments for ``stages`` writing into ``out``."""
-    outputs = {"generate": f"generate.output={out / 'gen.jsonl'}", "score": f"score.output={out / 'score.jsonl'}"}
-    args = []
-    for stage in stages:
-        args += ([":::"] if args else []) + [stage, *overrides, outputs[stage]]
-    return args
+def _stage_args(stage: str, overrides, out: Path) -> list[str]:
+    """The arguments of ``jaxalign STAGE`` (without the stage's name) writing into ``out``."""
+    if stage == "train":
+        return [TINY_DPO, *overrides, f"train.output_dir={out / 'train'}"]
+    output = {"generate": f"generate.output={out / 'gen.jsonl'}", "score": f"score.output={out / 'score.jsonl'}"}[stage]
+    return [*overrides, output]
 
 
 def _one_process(overrides, out: Path, stages=("generate", "score")):
     """1 process x 8 devices: the stages run in this test process."""
     results = {}
     for stage in stages:
-        args = [a for a in _stages(overrides, out, (stage,)) if a != stage]
-        config = load_config(None, args, stage=stage)
+        config = load_config(None, _stage_args(stage, overrides, out), stage=stage)
         results[stage] = (run_generate if stage == "generate" else run_score)(config)
     return results
 
 
-def _two_processes(env, args, pause=0.0):
-    """2 processes x 4 devices, through the launcher; returns the Popen (stdout and stderr merged)."""
+def _two_processes(env, commands, pause=0.0):
+    """2 processes x 4 devices, through the launcher, each running ``commands`` (``[stage, *args]`` lists)
+    one after another (multihost_stages.py); returns the Popen (stdout and stderr merged)."""
+    args = [a for i, command in enumerate(commands) for a in [*([":::"] if i else []), *command]]
     return subprocess.Popen([str(REPO / "launch/local_multiprocess.sh"), "2", "4", *HELPER, str(pause), *args], cwd=REPO,
                             env={**env, "JAXALIGN_PORT": str(_free_port())}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -85,7 +93,7 @@ def _two_processes(env, args, pause=0.0):
 @pytest.fixture(scope="module")
 def single(setup):
     """The 1 x 8 run of both stages: the reference rows."""
-    env, overrides, root = setup
+    _, overrides, _, root = setup
     out = root / "single"
     _one_process(overrides, out)
     return out
@@ -93,15 +101,32 @@ def single(setup):
 
 @pytest.fixture(scope="module")
 def two(setup):
-    """One 2 x 4 launch (the costly part): ``generate`` runs to the end, then ``score`` is sent SIGTERM
-    after its first written batch. Returns (the launch's log, its folder)."""
-    env, overrides, root = setup
+    """One 2 x 4 launch (the costly part): ``train`` and ``generate`` run to the end, then ``score`` is sent
+    SIGTERM after its first written batch. Returns (the launch's log, its folder)."""
+    env, overrides, train_overrides, root = setup
     out = root / "two"
-    run = _two_processes(env, _stages(overrides, out), pause=0.5)
+    commands = [["train", *_stage_args("train", train_overrides, out)],
+                *([stage, *_stage_args(stage, overrides, out)] for stage in ("generate", "score"))]
+    run = _two_processes(env, commands, pause=0.5)
     # the launcher forwards the SIGTERM to both processes
     log = sigterm_at(run, lambda line: line.startswith("wrote ") and "score.jsonl.part" in line)
     assert run.returncode == 0, log[-4000:]
     return log, out
+
+
+def _losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in lines if r["split"] == "train"]
+
+
+def test_two_processes_train_like_one(two, setup, tmp_path):
+    """The same 6 DPO steps, the batch split over 2 x 4 devices or 1 x 8 (this process, same compile settings)."""
+    _, out = two
+    _, _, train_overrides, _ = setup
+    train(load_config(TINY_DPO, [*train_overrides, f"train.output_dir={tmp_path / 'single'}"]))
+    multi, single = _losses(out / "train"), _losses(tmp_path / "single")
+    assert len(multi) == 6, multi
+    np.testing.assert_allclose(multi, single, atol=1e-5)
 
 
 def test_two_processes_generate_the_rows_of_one(two, single):
