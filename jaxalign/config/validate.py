@@ -68,6 +68,15 @@ def _check_loss(config: Config) -> None:
     settings = settings_of(loss)
     if settings is not None and hasattr(settings, "check"):
         settings.check()
+    if not spec.extra_terms:  # the spec says whether the kd / NLL terms apply: a weight it would ignore is refused
+        for key, term in (("kd_weight", "a token-level distillation term"),
+                          ("nll_weight", "an NLL term on the chosen responses")):
+            if getattr(loss, key) > 0:
+                takes = sorted(n for n in objective_names() if get_objective(n).extra_terms)
+                raise ConfigError(
+                    f"loss.{key}={getattr(loss, key)} adds {term}, which loss.name={loss.name!r} does not take "
+                    f"(loss.kd_* and loss.nll_weight work with {', '.join(takes)}); set loss.{key}=0"
+                )
     if loss.kd_weight > 0 and spec.extra_terms and not config.teacher.is_set():
         raise ConfigError(
             f"loss.kd_weight={loss.kd_weight} needs the teacher's token distributions: set teacher.path "

@@ -121,6 +121,19 @@ def test_kd_term_needs_a_teacher_model():
     validate(tiny(loss=dict(kd_weight=0.5), teacher=dict(preset="tiny")))
 
 
+@pytest.mark.parametrize("name, task, key", [("kto", "kto", "nll_weight"), ("kto", "kto", "kd_weight"),
+                                             ("sft", "sft", "kd_weight"), ("rrhf", "preference", "nll_weight")])
+def test_kd_and_nll_terms_only_with_objectives_that_take_them(name, task, key):
+    """KTO has no chosen responses for loss.nll_weight, SFT and RRHF no extra terms: a weight the objective
+    would ignore is refused in one line naming the key (the spec's `extra_terms` decides); 0 is accepted."""
+    with pytest.raises(ConfigError, match=rf"loss\.{key}=0\.5 adds .* loss\.name='{name}' does not take .*"
+                                          rf"work with dadpo, dpo[^)]*\); set loss\.{key}=0$") as err:
+        validate(tiny(loss={"name": name, key: 0.5}, data=dict(task=task), teacher=dict(preset="tiny")))
+    assert "\n" not in str(err.value)
+    validate(tiny(loss={"name": name, key: 0.0}, data=dict(task=task)))
+    validate(tiny(loss={"name": "dpo", key: 0.5}, teacher=dict(preset="tiny")))
+
+
 def test_rdo_only_with_losses_that_take_pair_weights():
     config = tiny(loss=dict(name="sft"), data=dict(task="sft"))
     config.loss.rdo.enabled = True
