@@ -93,6 +93,8 @@ class Size:
     beta: float = 0.1
     beta_teacher_fixed: tuple = (0.1,)
     z_targets: tuple = (1.5,)
+    #: seeds of the one labelled departure, dDPO on per-token mean log-probs (``loss.average_logps``); 0 = not run
+    average_logps_seeds: int = 1
 
 
 SMOKE = dict(train_prompts=16, heldout_prompts=8, seeds=2, epochs=2, evals_per_epoch=1, probe_pairs=8)
@@ -153,10 +155,14 @@ def distinct_n(token_lists: Sequence[Sequence[int]], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def probe_measures(pc, pr, rc, rr, tc, tr, beta_ref: float, beta_teacher: float) -> dict:
+def probe_measures(pc, pr, rc, rr, tc, tr, beta_ref: float, beta_teacher: float, lengths=None) -> dict:
     """Training-pair measures of one policy for one method. All ``[pairs]`` summed log-probs: policy (pc, pr),
-    reference (rc, rr), teacher (tc, tr); ``beta_teacher`` 0 is DPO (z = β(Δθ − Δref))."""
+    reference (rc, rr), teacher (tc, tr); ``beta_teacher`` 0 is DPO (z = β(Δθ − Δref)). ``lengths``
+    (``[pairs]`` chosen and rejected token counts) makes every measure per-token (``loss.average_logps``)."""
     pc, pr, rc, rr, tc, tr = (np.asarray(x, np.float64) for x in (pc, pr, rc, rr, tc, tr))
+    if lengths is not None:
+        lc, lr = (np.maximum(np.asarray(x, np.float64), 1.0) for x in lengths)
+        pc, rc, tc, pr, rr, tr = pc / lc, rc / lc, tc / lc, pr / lr, rr / lr, tr / lr
     d_pol, d_ref, d_te = pc - pr, rc - rr, tc - tr
     z = beta_ref * (d_pol - d_ref) + beta_teacher * (d_pol - d_te)
     return {"sigma_neg_z": float(np.mean(_sigmoid(-z))), "logp_chosen": float(np.mean(pc)),
@@ -262,7 +268,7 @@ class Study:
 
     # --------------------------------------------------------------- setup
     #: Sizes a rerun may change in the same folder: they only add or drop units (finished ones stay valid).
-    EXTENDABLE = ("seeds", "epochs")
+    EXTENDABLE = ("seeds", "epochs", "average_logps_seeds")
 
     def _check_settings(self) -> None:
         def fixed(record):
@@ -385,7 +391,32 @@ class Study:
         for b2 in plan["beta_teacher"]:
             out[f"dadpo-{b2:g}"] = {"overrides": ["loss.name=dadpo", f"loss.beta_ref={b}", f"loss.beta_teacher={b2}"],
                                     "beta_ref": b, "beta_teacher": b2}
+        if self.size.average_logps_seeds:
+            # per-token means: β scaled by the response cap, so a full-length pair's z has the summed form's scale
+            b_avg = float(f"{b * self.size.max_new_tokens:.3g}")
+            out["ddpo-avg"] = {"overrides": ["loss.name=dpo", f"loss.beta={b_avg}", "loss.average_logps=true"],
+                               "beta_ref": b_avg, "beta_teacher": 0.0, "average": True,
+                               "seeds": min(self.size.average_logps_seeds, self.size.seeds)}
         return out
+
+    def seeds_of(self, spec: dict) -> range:
+        return range(spec.get("seeds", self.size.seeds))
+
+    def probe_lengths(self) -> dict[int, tuple[float, float]]:
+        """Response token counts (chosen, rejected) of the probe pairs by scored-file row: the tokenizer only."""
+        from jaxalign.data import prepare
+        from jaxalign.pipeline.rows import load_table
+        from jaxalign.train.build import build_tokenizer
+
+        cfg = self.load([], "eval")
+        rows = load_table(str(self.scored))[:self.size.probe_pairs]
+        data = prepare(rows, build_tokenizer(cfg.model, key="model"),
+                       dataclasses.replace(cfg.data, task="preference", shuffle=False, drop_remainder=False,
+                                           packing=False, on_bad_row="skip", path=""))
+        host = data.collate(list(data.units))
+        counts = {side: host[f"{side}_loss_mask"][:, 1:].sum(-1) for side in ("chosen", "rejected")}
+        return {int(r): (float(counts["chosen"][i]), float(counts["rejected"][i]))
+                for i, r in enumerate(host["row_id"][:, 0])}
 
     # --------------------------------------------------------------- units
     def eval_path(self, model: str, seed: int, step: int) -> Path:
@@ -402,7 +433,9 @@ class Study:
             if not self._teacher_file(seed).is_file():
                 left["heldout teacher"] += teacher_batches
             left["eval"] += self.eval_batches * sum(not self.eval_path(m, seed, 0).is_file() for m in ("pruned", "dsft"))
-            for method in self.methods(plan):
+            for method, spec in self.methods(plan).items():
+                if seed not in self.seeds_of(spec):
+                    continue
                 done = self._exported_steps(method, seed)
                 for k in plan["checkpoints"]:
                     if not self.eval_path(method, seed, k).is_file():
@@ -522,7 +555,7 @@ class Study:
             self.evaluate(held, "pruned", self.data / "student", seed, 0)
             self.evaluate(held, "dsft", self.data / "dsft" / "hf", seed, 0)
             for method, spec in methods.items():
-                for step in plan["checkpoints"]:
+                for step in plan["checkpoints"] if seed in self.seeds_of(spec) else ():
                     if self.eval_path(method, seed, step).is_file():
                         continue
                     done = self._exported_steps(method, seed)
@@ -641,14 +674,16 @@ class HeldOut:
 def study_counts(size: Size) -> dict[str, float]:
     """Unit counts of a fresh study of ``size`` (assuming every pair usable and every β₂ distinct)."""
     methods = 1 + len(set(size.beta_teacher_fixed)) + len(size.z_targets)
+    avg_seeds = min(size.average_logps_seeds, size.seeds)
     steps = checkpoint_steps(size.train_prompts, size)
     gen_batches = math.ceil(size.train_prompts / size.generate_batch_size)
     eval_batches = math.ceil(max(size.heldout_prompts, size.probe_pairs) / size.eval_batch_size)
     return {"data:prune": 1, "data:teacher responses": gen_batches, "data:dSFT": max(size.train_prompts // size.batch_size, 1),
             "data:pairs": gen_batches, "data:cache log-probs": math.ceil(size.train_prompts / 16),
             "heldout teacher": size.seeds * math.ceil(size.heldout_prompts / size.eval_batch_size),
-            "eval": eval_batches * size.seeds * (2 + methods * len(steps)),
-            "train step": size.seeds * methods * steps[-1], "segment": size.seeds * methods * len(steps)}
+            "eval": eval_batches * (size.seeds * (2 + methods * len(steps)) + avg_seeds * len(steps)),
+            "train step": (size.seeds * methods + avg_seeds) * steps[-1],
+            "segment": (size.seeds * methods + avg_seeds) * len(steps)}
 
 
 def print_study_estimate(size: Size, clock: Clock) -> None:
@@ -678,24 +713,30 @@ def load_records(work: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((work / "evals").glob("*/seed*/step*.json"))]
 
 
-def record_measures(record: dict, method: dict | None) -> dict[str, float]:
-    """The measures of one evaluation; the training-pair ones only for a ``method`` (they use its β's)."""
+def record_measures(record: dict, method: dict | None, lengths: dict[int, tuple[float, float]] | None = None) -> dict[str, float]:
+    """The measures of one evaluation; the training-pair ones only for a ``method`` (they use its β's, and
+    ``lengths``, the probe pairs' response token counts by row, when it averages log-probs)."""
     out = {k: record[k] for k in ("kl_to_teacher", "teacher_logp_per_token", "length", "distinct2")}
     if method is not None:
         p = record["probe"]
+        per_token = np.array([lengths[r] for r in p["rows"]]).T if method.get("average") else None
         out.update(probe_measures(p["policy_chosen"], p["policy_rejected"], p["ref_chosen_logps"], p["ref_rejected_logps"],
-                                  p["teacher_chosen_logps"], p["teacher_rejected_logps"], method["beta_ref"], method["beta_teacher"]))
+                                  p["teacher_chosen_logps"], p["teacher_rejected_logps"], method["beta_ref"], method["beta_teacher"],
+                                  per_token))
     return out
 
 
-def summarise(records: list[dict], methods: dict[str, dict], plan: dict) -> dict:
+def summarise(records: list[dict], methods: dict[str, dict], plan: dict,
+              lengths: dict[int, tuple[float, float]] | None = None) -> dict:
     """Per method and step: each measure's values by seed, mean and sd; paired daDPO − dDPO intervals."""
     values: dict[str, dict[int, dict[str, dict[int, float]]]] = {}
     for r in records:
         targets = list(methods) if r["model"] == "dsft" else [r["model"]]
         for name in targets:
             spec = methods.get(name)
-            for k, v in record_measures(r, spec).items():
+            if spec is not None and r["seed"] not in range(spec.get("seeds", r["seed"] + 1)):
+                continue
+            for k, v in record_measures(r, spec, lengths).items():
                 values.setdefault(name, {}).setdefault(r["step"], {}).setdefault(k, {})[r["seed"]] = v
     table = []
     for name in ["pruned", *methods]:
@@ -814,9 +855,9 @@ def plot(summary: dict, runs: dict[str, list[Path]], out: Path) -> list[Path]:
 
 def write_results(study: Study, plan: dict, seconds: float | None, out: Path) -> dict:
     methods = study.methods(plan)
-    summary = summarise(load_records(study.work), methods, plan)
+    summary = summarise(load_records(study.work), methods, plan, study.probe_lengths())
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs = {m: [study.run_dir(m, s) / "metrics.jsonl" for s in range(study.size.seeds)] for m in methods}
+    runs = {m: [study.run_dir(m, s) / "metrics.jsonl" for s in study.seeds_of(spec)] for m, spec in methods.items()}
     plots = plot(summary, runs, out)
     text = markdown(summary, plan, study.size, seconds) + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     from jaxalign.io.atomic import write_json_atomic, write_text_atomic

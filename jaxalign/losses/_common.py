@@ -49,6 +49,21 @@ def length_normalise(logps: jax.Array, lengths: jax.Array) -> jax.Array:
     return safe_div(logps, lengths)
 
 
+def require_lengths(chosen_lengths, rejected_lengths, why: str):
+    """``(chosen_lengths, rejected_lengths)``; ValueError naming the missing one and ``why`` it is needed."""
+    if chosen_lengths is None or rejected_lengths is None:
+        missing = "chosen_lengths" if chosen_lengths is None else "rejected_lengths"
+        raise ValueError(f"{missing} is required {why}")
+    return chosen_lengths, rejected_lengths
+
+
+def average_pairs(chosen: tuple, rejected: tuple, chosen_lengths, rejected_lengths) -> tuple[tuple, tuple]:
+    """Length normalisation of every model's pair of summed log-probs: each chosen ``[batch]`` array
+    divided by ``chosen_lengths``, each rejected one by ``rejected_lengths`` (0 for empty responses)."""
+    return (tuple(length_normalise(x, chosen_lengths) for x in chosen),
+            tuple(length_normalise(x, rejected_lengths) for x in rejected))
+
+
 def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     """Mean over entries where ``mask`` is set (plain mean when ``mask`` is None; 0 if empty)."""
     if mask is None:

@@ -12,7 +12,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxalign.losses._common import Metrics, batch_args, check_scalar, reward_metrics, weighted_mean
+from jaxalign.losses._common import (
+    Metrics,
+    average_pairs,
+    batch_args,
+    check_scalar,
+    require_lengths,
+    reward_metrics,
+    weighted_mean,
+)
 from jaxalign.ops._validate import concrete_float
 
 __all__ = ["dadpo_loss"]
@@ -30,6 +38,9 @@ def dadpo_loss(
     beta_teacher: float = 0.1,
     weights: jax.Array | None = None,
     example_mask: jax.Array | None = None,
+    chosen_lengths: jax.Array | None = None,
+    rejected_lengths: jax.Array | None = None,
+    average_logps: bool = False,
 ) -> tuple[jax.Array, Metrics]:
     """daDPO loss ``mean(w · −log σ(β₁(Δ_θ − Δ_ref) + β₂(Δ_θ − Δ_te)))``.
 
@@ -40,6 +51,10 @@ def dadpo_loss(
       beta_ref: β₁ ≥ 0, weight of KL(π‖π_ref).
       beta_teacher: β₂ ≥ 0, weight of KL(π‖π_te); β₁ + β₂ must be > 0.
       weights: optional ``[batch]`` per-pair weights.
+      chosen_lengths, rejected_lengths: ``[batch]`` response token counts (needed by ``average_logps``).
+      average_logps: length normalisation — policy, reference and teacher log-probs are all replaced
+        by their per-token means logp/len before the loss (not the daDPO paper's formula); the metrics
+        then report per-token values too.
 
     Returns:
       ``(loss, metrics)``. ``rewards/chosen`` is the implied reward
@@ -54,7 +69,7 @@ def dadpo_loss(
     b1, b2 = concrete_float(beta_ref), concrete_float(beta_teacher)
     if b1 is not None and b2 is not None and b1 + b2 <= 0:
         raise ValueError("beta_ref + beta_teacher must be > 0 (both are 0: the loss would be constant)")
-    pc, pr, rc, rr, tc, tr, w = batch_args(
+    pc, pr, rc, rr, tc, tr, w, cl, rl = batch_args(
         "policy_chosen_logps",
         policy_chosen_logps,
         policy_rejected_logps=policy_rejected_logps,
@@ -63,7 +78,12 @@ def dadpo_loss(
         teacher_chosen_logps=teacher_chosen_logps,
         teacher_rejected_logps=teacher_rejected_logps,
         weights=weights,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
     )
+    if average_logps:
+        cl, rl = require_lengths(cl, rl, "with average_logps=True (the log-probs are divided by them)")
+        (pc, rc, tc), (pr, rr, tr) = average_pairs((pc, rc, tc), (pr, rr, tr), cl, rl)
     # Reference and teacher are frozen.
     rc, rr, tc, tr = (jax.lax.stop_gradient(x) for x in (rc, rr, tc, tr))
     ref_term = beta_ref * ((pc - pr) - (rc - rr))

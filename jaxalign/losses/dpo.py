@@ -14,7 +14,9 @@ from jaxalign.losses._common import (
     batch_args,
     check_choice,
     check_scalar,
+    average_pairs,
     length_normalise,
+    require_lengths,
     reward_metrics,
     weighted_mean,
 )
@@ -38,6 +40,7 @@ def dpo_loss(
     example_mask: jax.Array | None = None,
     chosen_lengths: jax.Array | None = None,
     rejected_lengths: jax.Array | None = None,
+    average_logps: bool = False,
 ) -> tuple[jax.Array, Metrics]:
     """DPO loss on summed response log-probs, ``z = β(Δ_θ − Δ_ref)``.
 
@@ -56,12 +59,16 @@ def dpo_loss(
         ``label_smoothing`` must be 0 for ``ipo`` and ``hinge``.
       weights: optional ``[batch]`` per-pair weights (RDO); loss = mean(w·ℓ).
       chosen_lengths, rejected_lengths: ``[batch]`` response token counts,
-        used only by ``ipo`` (Δ̄ = logp/len; a zero length gives Δ̄ = 0).
+        used by ``ipo`` and ``average_logps`` (Δ̄ = logp/len; a zero length gives Δ̄ = 0).
+      average_logps: length normalisation — every log-prob (policy and reference) is
+        replaced by its per-token mean logp/len before the loss, so
+        ``z = β(Δ̄_θ − Δ̄_ref)`` (not the DPO paper's formula; β then acts per token).
+        Not with ``ipo``, which already averages.
 
     Returns:
       ``(loss, metrics)``: float32 scalar and ``rewards/{chosen,rejected,margins,accuracies}``
-      (``rewards/chosen = β(logp_θ(y_w) − logp_ref(y_w))``, always from summed
-      log-probs) and ``logps/{chosen,rejected}`` (policy, summed).
+      (``rewards/chosen = β(logp_θ(y_w) − logp_ref(y_w))``) and ``logps/{chosen,rejected}``
+      (policy), all from summed log-probs, or per-token means with ``average_logps``.
     """
     check_choice("loss_type", loss_type, DPO_LOSS_TYPES)
     check_scalar("beta", beta, positive=True)
@@ -82,6 +89,11 @@ def dpo_loss(
         rejected_lengths=rejected_lengths,
     )
 
+    if average_logps:
+        if loss_type == "ipo":
+            raise ValueError("average_logps=True with loss_type 'ipo': IPO already compares length-averaged log-probs")
+        cl, rl = require_lengths(cl, rl, "with average_logps=True (the log-probs are divided by them)")
+        (pc, rc), (pr, rr) = average_pairs((pc, rc), (pr, rr), cl, rl)
     rc, rr = jax.lax.stop_gradient(rc), jax.lax.stop_gradient(rr)  # the reference is frozen
     eps = label_smoothing
     z = beta * ((pc - pr) - (rc - rr))
@@ -92,9 +104,7 @@ def dpo_loss(
     elif loss_type == "hinge":
         losses = jax.nn.relu(1.0 - z)
     else:  # ipo
-        if cl is None or rl is None:
-            missing = "chosen_lengths" if cl is None else "rejected_lengths"
-            raise ValueError(f"{missing} is required for loss_type 'ipo' (it uses length-averaged log-probs)")
+        cl, rl = require_lengths(cl, rl, "for loss_type 'ipo' (it uses length-averaged log-probs)")
         delta_policy = length_normalise(pc, cl) - length_normalise(pr, rl)
         delta_ref = length_normalise(rc, cl) - length_normalise(rr, rl)
         losses = jnp.square(delta_policy - delta_ref - 1.0 / (2.0 * beta))

@@ -28,6 +28,7 @@ from jaxalign.train.forward import Sequences, SequenceOutput, sequence_logps, sp
 
 __all__ = [
     "KD_SIDES",
+    "LengthAveraging",
     "Models",
     "ObjectiveContext",
     "Totals",
@@ -48,6 +49,16 @@ Totals = dict[str, jax.Array]
 
 #: loss.kd_on -> the row prefixes the distillation term runs on.
 KD_SIDES = dict(zip(KD_ON, (("chosen_",), ("rejected_",), ("chosen_", "rejected_"))))
+
+
+@dataclasses.dataclass
+class LengthAveraging:
+    """The length-normalisation setting of the sequence-level preference objectives (dpo, dadpo)."""
+
+    average_logps: bool = False
+    """Compare responses by their mean token log-prob (sum / response length) instead of the sum, for the policy,
+    reference and teacher alike: length normalisation, as DPO users ask for; a departure from the DPO and daDPO
+    papers' formulas (β then acts per token, so it needs a larger value). Not with loss.loss_type=ipo."""
 
 
 @dataclasses.dataclass(frozen=True)

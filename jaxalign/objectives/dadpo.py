@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from jaxalign.config.fields import setting
 from jaxalign.losses.dadpo import dadpo_loss
 from jaxalign.objectives.common import (
+    LengthAveraging,
     example_weights,
     pair_logps,
     preference_forward,
@@ -23,7 +24,7 @@ TEACHER_COLUMNS = ("teacher_chosen_logps", "teacher_rejected_logps")
 
 
 @dataclass
-class DaDPOSettings:
+class DaDPOSettings(LengthAveraging):
     beta_ref: float = setting(0.1, gt=0)
     """daDPO β₁: weight of the KL to the reference."""
 
@@ -43,10 +44,12 @@ def dadpo_objective(models, batch: dict, ctx, totals=None):
     totals = totals_or_batch(models, batch, ctx, totals)
     both, k, policy = preference_forward(models, batch, ctx)
     pc, pr = split_pairs(policy.logps)
+    lc, lr = split_pairs(policy.lengths)
     rc, rr, _ = pair_logps(models.reference, batch, both, k, ctx, "ref")
     tc, tr, teacher_out = pair_logps(models.teacher, batch, both, k, ctx, "teacher")
     s = settings_of(ctx.loss, "dadpo")
     loss, metrics = dadpo_loss(pc, pr, rc, rr, tc, tr, beta_ref=s.beta_ref, beta_teacher=s.beta_teacher,
-                               weights=example_weights(batch, ctx, totals), example_mask=slots(batch))
+                               weights=example_weights(batch, ctx, totals), example_mask=slots(batch),
+                               chosen_lengths=lc, rejected_lengths=lr, average_logps=s.average_logps)
     return with_router_aux(with_extra_terms(loss, metrics, models, batch, both, policy, teacher_out, ctx, totals),
                            policy, ctx)

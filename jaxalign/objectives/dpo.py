@@ -8,6 +8,7 @@ from jaxalign.config.fields import setting
 from jaxalign.errors import ConfigError
 from jaxalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss
 from jaxalign.objectives.common import (
+    LengthAveraging,
     example_weights,
     pair_logps,
     preference_forward,
@@ -24,7 +25,7 @@ REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 @dataclass
-class DPOSettings:
+class DPOSettings(LengthAveraging):
     beta: float = setting(0.1, gt=0)
     """β of DPO, KTO and the IPO/hinge variants (inverse strength of the KL penalty to the reference)."""
 
@@ -35,6 +36,9 @@ class DPOSettings:
     """ε: assumed probability that a preference label is flipped (sigmoid = cDPO, robust); must be < 0.5."""
 
     def check(self) -> None:
+        if self.average_logps and self.loss_type == "ipo":
+            raise ConfigError("loss.average_logps=true with loss.loss_type=ipo: IPO already compares "
+                              "length-averaged log-probs; set loss.average_logps=false")
         if self.label_smoothing > 0 and self.loss_type not in ("sigmoid", "robust"):
             raise ConfigError(
                 f"loss.label_smoothing={self.label_smoothing} is only used by loss.loss_type sigmoid or robust, "
@@ -58,5 +62,5 @@ def dpo_objective(models, batch: dict, ctx, totals=None):
     s = settings_of(ctx.loss, "dpo")
     loss, metrics = dpo_loss(pc, pr, rc, rr, beta=s.beta, loss_type=s.loss_type, label_smoothing=s.label_smoothing,
                              weights=example_weights(batch, ctx, totals), example_mask=slots(batch), chosen_lengths=lc,
-                             rejected_lengths=lr)
+                             rejected_lengths=lr, average_logps=s.average_logps)
     return with_router_aux(with_extra_terms(loss, metrics, models, batch, both, policy, None, ctx, totals), policy, ctx)

@@ -85,3 +85,19 @@ def test_dadpo_teacher_shape_mismatch_raises():
     logps[5] = logps[5][:3]
     with pytest.raises(ValueError, match="teacher_rejected_logps"):
         dadpo_loss(*logps)
+
+
+def test_dadpo_average_logps_matches_numpy():
+    """Length normalisation: policy, reference and teacher log-probs divided by the response lengths."""
+    logps, w = _batch(4)
+    rng = np.random.default_rng(5)
+    cl, rl = (rng.integers(1, 40, N).astype(np.float32) for _ in range(2))
+    loss, metrics = dadpo_loss(*logps, beta_ref=0.2, beta_teacher=0.05, weights=w, chosen_lengths=cl,
+                               rejected_lengths=rl, average_logps=True)
+    pc, pr, rc, rr, tc, tr = logps
+    ref, ref_metrics = numpy_dadpo(pc / cl, pr / rl, rc / cl, rr / rl, tc / cl, tr / rl, 0.2, 0.05, w)
+    np.testing.assert_allclose(loss, ref, rtol=1e-6, atol=1e-6)
+    for k, v in ref_metrics.items():
+        np.testing.assert_allclose(metrics[k], v, rtol=1e-6, atol=1e-5, err_msg=k)
+    with pytest.raises(ValueError, match="chosen_lengths is required with average_logps"):
+        dadpo_loss(*logps, average_logps=True)

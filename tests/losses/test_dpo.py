@@ -159,3 +159,34 @@ def test_dpo_shape_mismatch_raises(position, match):
 def test_dpo_rejects_token_level_inputs():
     with pytest.raises(ValueError, match=r"policy_chosen_logps must have shape \[batch\]"):
         dpo_loss(*(np.zeros((2, 5), np.float32),) * 4)
+
+
+def _average(logps, lengths):
+    return np.where(lengths > 0, logps / np.maximum(lengths, 1), 0.0)
+
+
+@pytest.mark.parametrize("loss_type, eps", [("sigmoid", 0.1), ("hinge", 0.0), ("robust", 0.2)])
+def test_dpo_average_logps_matches_numpy(loss_type, eps):
+    """Length normalisation: every log-prob divided by its response length (0 for an empty one), then DPO."""
+    (pc, pr, rc, rr), (cl, rl), w = _batch(3)
+    cl[0] = 0.0
+    loss, metrics = dpo_loss(pc, pr, rc, rr, beta=2.0, loss_type=loss_type, label_smoothing=eps, weights=w,
+                             chosen_lengths=cl, rejected_lengths=rl, average_logps=True)
+    ref, ref_metrics = numpy_dpo(_average(pc, cl), _average(pr, rl), _average(rc, cl), _average(rr, rl), 2.0,
+                                 loss_type, eps, w, cl, rl)
+    np.testing.assert_allclose(loss, ref, rtol=1e-6, atol=1e-6)
+    for k, v in ref_metrics.items():
+        np.testing.assert_allclose(metrics[k], v, rtol=1e-6, atol=1e-5, err_msg=k)
+    summed, _ = dpo_loss(pc, pr, rc, rr, beta=2.0, loss_type=loss_type, label_smoothing=eps, weights=w)
+    assert abs(float(summed) - float(loss)) > 1e-3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(loss_type="ipo"), "IPO already"),
+    (dict(rejected_lengths=None), "rejected_lengths is required with average_logps"),
+])
+def test_dpo_average_logps_refuses(kwargs, match):
+    (pc, pr, rc, rr), (cl, rl), _ = _batch()
+    args = {"chosen_lengths": cl, "rejected_lengths": rl, "average_logps": True, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        dpo_loss(pc, pr, rc, rr, **args)

@@ -94,6 +94,27 @@ def test_probe_measures_against_numpy(study):
     assert start == pytest.approx(np.mean(1 / (1 + np.exp(b2 * ((rc - rr) - (tc - tr))))))
 
 
+def test_probe_measures_per_token(study):
+    """`lengths` (the averaged-log-prob method): every log-prob divided by its response length first."""
+    rng = np.random.default_rng(2)
+    logps = [rng.normal(-40, 8, size=16) for _ in range(6)]
+    lc, lr = rng.integers(1, 17, 16), rng.integers(1, 17, 16)
+    got = study.probe_measures(*logps, 1.6, 0.0, (lc, lr))
+    pc, pr, rc, rr, tc, tr = logps
+    want = study.probe_measures(pc / lc, pr / lr, rc / lc, rr / lr, tc / lc, tr / lr, 1.6, 0.0)
+    assert got == pytest.approx(want, rel=1e-12)
+    z = 1.6 * ((pc / lc - pr / lr) - (rc / lc - rr / lr))
+    assert got["sigma_neg_z"] == pytest.approx(np.mean(1 / (1 + np.exp(z))), rel=1e-12)
+
+
+def test_average_logps_method_runs_its_own_seeds(study, tmp_path):
+    size = study.Size(train_prompts=16, seeds=3, max_new_tokens=16, average_logps_seeds=1)
+    s = study.Study(size, tmp_path, None, [])
+    methods = s.methods({"beta": 0.1, "beta_teacher": [0.1]})
+    assert methods["ddpo-avg"]["overrides"] == ["loss.name=dpo", "loss.beta=1.6", "loss.average_logps=true"]
+    assert list(s.seeds_of(methods["ddpo-avg"])) == [0] and list(s.seeds_of(methods["ddpo"])) == [0, 1, 2]
+
+
 def test_paired_interval_matches_scipy(study):
     from scipy import stats
 
@@ -148,7 +169,8 @@ def test_rerun_refuses_other_settings_but_may_extend(study, tmp_path):
 
 
 def test_units_left_skips_finished_units(study, tmp_path):
-    size = study.Size(train_prompts=16, heldout_prompts=8, probe_pairs=8, seeds=1, epochs=2, evals_per_epoch=1)
+    size = study.Size(train_prompts=16, heldout_prompts=8, probe_pairs=8, seeds=1, epochs=2, evals_per_epoch=1,
+                      average_logps_seeds=0)
     s = study.Study(size, tmp_path, None, [])
     plan = {"beta": 0.1, "beta_teacher": [0.1], "usable_pairs": 16, "steps_per_epoch": 2,
             "checkpoints": study.checkpoint_steps(16, size)}

@@ -234,6 +234,24 @@ def test_dadpo_with_token_kd(common, preference_data, runs, teacher_columns, div
     assert steps[-1]["loss/kd"] > 1e-6
 
 
+def test_dadpo_average_logps_divides_each_margin_by_its_length(common, runs, teacher_columns):
+    """`loss.average_logps=true` (length normalisation) reaches the loss: at initialisation the
+    cached teacher columns put Δ̄θ − Δ̄te = o_i / |y_w,i| (chosen response tokens), so the first loss
+    is mean_i −log σ(β₂·o_i / |y_w,i|) over the first batch, not the summed form's −log σ(β₂·o_i)."""
+    trainer = Trainer(_config(common, teacher_columns[0], runs / "dadpo_avg", "loss.name=dadpo",
+                              "teacher.preset=tiny", "loss.beta_ref=0.1", "loss.beta_teacher=2.0",
+                              "loss.average_logps=true", "train.steps=1"))
+    batch = next(iter(trainer.data.batcher()))
+    mask, seg = batch["chosen_loss_mask"][:, 1:], batch["chosen_segment_ids"][:, 1:]
+    lengths = np.stack([(mask * (seg == k + 1)).sum(-1) for k in range(batch["row_id"].shape[1])], -1)
+    real = batch["row_id"] >= 0
+    z = 2.0 * teacher_columns[1][batch["row_id"][real]] / lengths[real]
+    summed = float(np.mean(np.log1p(np.exp(-2.0 * teacher_columns[1][batch["row_id"][real]]))))
+    expected = float(np.mean(np.log1p(np.exp(-z))))
+    assert abs(expected - summed) > 1e-2  # the batch's lengths make the two forms differ
+    assert trainer.run().losses[0] == pytest.approx(expected, abs=1e-5)
+
+
 # ----------------------------------------------------------------------------- DPO variants and data columns
 def test_dpo_with_nll_term(common, preference_data, runs):
     """RPO-style DPO: L = L_dpo + γ·NLL(y_w), γ = 1."""
