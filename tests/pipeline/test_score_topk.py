@@ -75,8 +75,9 @@ def test_score_writes_the_teacher_top_k_beside_the_output(cached, tiny_models):
 
 def test_kd_from_a_full_vocab_cache_equals_the_teacher_in_the_step_and_loads_no_teacher(
         cached, base_overrides, tmp_path, monkeypatch):
-    """daDPO + KD on both sides, cached log-prob columns: with loss.kd_cache only the policy is built, the
-    loss and gradient equal the teacher-in-step run's within 1e-5, and two steps compile once."""
+    """daDPO + KD on both sides, cached log-prob columns, batch over 4 shards: with loss.kd_cache only the policy
+    is built, the cache arrays shard like the token arrays, the loss and gradient equal the teacher-in-step
+    run's within 1e-5, and two steps compile once."""
     _, result = cached
     built = []
     real_build = trainer_mod.build_model
@@ -87,9 +88,11 @@ def test_kd_from_a_full_vocab_cache_equals_the_teacher_in_the_step_and_loads_no_
 
     for module in (trainer_mod, build_mod):
         monkeypatch.setattr(module, "build_model", recording_build)
-    from_cache = Trainer(_train_config(base_overrides, result.output, tmp_path / "a", f"loss.kd_cache={result.kd_cache}"))
+    sharded = ["mesh.data=2", "mesh.fsdp=2"]  # 4 batch shards of one row each
+    from_cache = Trainer(_train_config(base_overrides, result.output, tmp_path / "a", f"loss.kd_cache={result.kd_cache}",
+                                       *sharded))
     assert built == ["model"] and "teacher" not in from_cache.frozen and from_cache.graphdefs.teacher is None
-    in_step = Trainer(_train_config(base_overrides, result.output, tmp_path / "b"))
+    in_step = Trainer(_train_config(base_overrides, result.output, tmp_path / "b", *sharded))
     assert built[1:] == ["model", "teacher"]
 
     def value_and_grad(trainer):
@@ -100,6 +103,10 @@ def test_kd_from_a_full_vocab_cache_equals_the_teacher_in_the_step_and_loads_no_
     ((loss, metrics), grads), batch = value_and_grad(from_cache)
     ((ref_loss, ref_metrics), ref_grads), _ = value_and_grad(in_step)
     assert batch["chosen_topk_ids"].shape[-1] == V and float(metrics["loss/kd"]) > 1e-3
+    for name in ("topk_ids", "topk_logps", "topk_residual"):  # sharded over the batch axes like the token arrays
+        arr = batch[f"rejected_{name}"]
+        assert arr.sharding.is_equivalent_to(batch["rejected_input_ids"].sharding, arr.ndim)
+        assert {s.data.shape[0] for s in arr.addressable_shards} == {1} and len(arr.sharding.device_set) == 4
     np.testing.assert_allclose(metrics["loss/kd"], ref_metrics["loss/kd"], rtol=1e-5)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
