@@ -170,3 +170,45 @@ def test_score_refuses_a_top_k_cache_without_teacher_or_beyond_the_vocab(base_ov
         run_score(load_config(None, [*base_overrides, f"score.input={prefs}", f"score.output={tmp_path / 'o.jsonl'}",
                                      "score.teacher_top_k=321"], stage="score"))
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.teacher_topk.parquet").exists()
+
+
+def test_an_interrupted_score_resumes_its_cache(cached, base_overrides, tmp_path, monkeypatch):
+    """Stopped after its first batch: no output, no final cache, the batch's part staged; the rerun scores the
+    rest and writes the same cache as an uninterrupted run; a complete output whose cache is gone is refused."""
+    from jaxalign.pipeline import score as score_mod
+
+    config0, result0 = cached
+
+    class StopAfterFirstBatch:
+        requested, signal_name = True, "SIGTERM"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", synthetic_preferences(8, 5))  # the fixture's rows
+    out = tmp_path / "scored.jsonl"
+    config = load_config(None, [*base_overrides, f"score.input={prefs}", f"score.output={out}",
+                                "score.teacher_logps=true", f"score.teacher_top_k={V}"], stage="score")
+    monkeypatch.setattr(score_mod, "PreemptionGuard", StopAfterFirstBatch)
+    first = run_score(config)
+    assert first.interrupted and first.kd_cache is None and not out.exists()
+    cache = kd_cache_path(out)
+    assert not cache.exists() and len(list(cache.with_name(cache.name + ".partial").glob("*.parquet"))) == 1
+    monkeypatch.undo()
+    second = run_score(config)
+    assert (second.rows, second.new_rows, second.kd_cache) == (8, 4, cache)
+    got, want = pq.read_table(cache), pq.read_table(result0.kd_cache)
+    assert json.loads(got.schema.metadata[METADATA_KEY]) == json.loads(want.schema.metadata[METADATA_KEY])
+    for name in want.column_names:
+        a, b = got.column(name).to_pylist(), want.column(name).to_pylist()
+        if name.endswith(("logps", "residual")):
+            np.testing.assert_allclose(np.concatenate(a), np.concatenate(b), rtol=1e-6, atol=1e-6, err_msg=name)
+        else:
+            assert a == b, name
+    assert run_score(config).new_rows == 0
+    cache.unlink()
+    with pytest.raises(DataError, match=r"is complete but its top-k cache .*teacher_topk.parquet is missing"):
+        run_score(config)
