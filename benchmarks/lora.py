@@ -10,7 +10,9 @@ chat template. Prints, for LoRA: the reference log-probs against the base model 
 adapters (max |difference|, computed by the objectives' `frozen_logps` exactly as the step does),
 the first loss against ln 2, which parameters changed (by kind), the optimizer state's size, and
 the merged export read back by `transformers` against the merged JAX model (max |logit
-difference|). For both: trainable parameters, XLA's compiled temp / argument memory of the train
+difference|) in float32, what that float32 gap is made of (transformers' own sdpa vs eager; each run's
+distance to float64 logits), the exported tensors read back against the merged model's, and the same
+export comparison in float64 on both sides (which leaves float32 rounding out: the export's own parity). For both: trainable parameters, XLA's compiled temp / argument memory of the train
 step, the process's peak RSS after the steps, seconds per step, and the LoRA / full ratios.
 """
 
@@ -161,8 +163,9 @@ def _lora_checks(trainer, before, batch, build_model, merge_models, policy_model
     unmerged = np.asarray(jax.jit(lambda s: nnx.merge(g2, s)(jnp.asarray(ids)))(s2))
     out["export_vs_merged_max_abs"] = float(np.abs(theirs - ours).max())
     # baseline: the same comparison for the base model as imported (no LoRA anywhere), same ids
-    base_hf = transformers.AutoModelForCausalLM.from_pretrained(trainer.config.model.path if Path(
-        trainer.config.model.path).is_dir() else _resolved(trainer.config.model.path), dtype=torch.float32).eval()
+    base_dir = Path(trainer.config.model.path) if Path(trainer.config.model.path).is_dir() else Path(
+        _resolved(trainer.config.model.path))
+    base_hf = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         base_theirs = base_hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
     g3, s3 = nnx.split(base)
@@ -170,6 +173,52 @@ def _lora_checks(trainer, before, batch, build_model, merge_models, policy_model
     out["base_jax_vs_transformers_max_abs"] = float(np.abs(base_theirs - base_ours).max())
     out["merged_vs_adapters_max_abs"] = float(np.abs(ours - unmerged).max())
     out["logit_scale"] = float(np.abs(ours).max())
+    out.update(_export_precision(export, base_dir, ids, merged, ours, theirs))
+    return out
+
+
+def _export_precision(export, base_dir, ids, merged, ours, theirs) -> dict:
+    """Where the float32 gap comes from: transformers' own two attention paths against each other,
+    the exported tensors read back against the merged model's, and the export in float64 on both sides
+    (transformers with its float32 islands lifted, `jaxalign.models.verify.transformers_logits_float64`;
+    the merged model as exported, run with `jax.enable_x64`), base model alike; then each float32 run's
+    distance to the float64 logits."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    import transformers
+    from flax import nnx
+
+    from jaxalign.models import load_model
+    from jaxalign.models.verify import transformers_logits_float64
+
+    def jax_logits(model):
+        graphdef, state = nnx.split(model)
+        return np.asarray(jax.jit(lambda s: nnx.merge(graphdef, s)(jnp.asarray(ids)))(state))
+
+    out = {}
+    eager = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32,
+                                                              attn_implementation="eager").eval()
+    with torch.no_grad():
+        theirs_eager = eager(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    out["export_vs_merged_eager_max_abs"] = float(np.abs(theirs_eager - ours).max())
+    out["transformers_sdpa_vs_eager_max_abs"] = float(np.abs(theirs - theirs_eager).max())
+    written = dict(nnx.to_flat_state(nnx.state(load_model(export), nnx.Param)))
+    expected = dict(nnx.to_flat_state(nnx.state(merged, nnx.Param)))
+    assert written.keys() == expected.keys(), "the export holds other tensors than the merged model"
+    out["export_weights_vs_merged_max_abs"] = max(
+        float(np.abs(np.asarray(written[k][...]) - np.asarray(v[...])).max()) for k, v in expected.items())
+    for name, folder in (("export", export), ("base", base_dir)):
+        theirs64 = transformers_logits_float64(folder, ids)
+        with jax.enable_x64(True):
+            ours64 = jax_logits(load_model(folder, dtype=jnp.float64))
+        assert ours64.dtype == np.float64
+        out[f"{name}_float64_max_abs"] = float(np.abs(ours64 - theirs64).max())
+        if name == "export":
+            out["merged_float32_vs_float64_max_abs"] = float(np.abs(ours - theirs64).max())
+            out["transformers_float32_vs_float64_max_abs"] = float(np.abs(theirs - theirs64).max())
+            out["transformers_eager_float32_vs_float64_max_abs"] = float(np.abs(theirs_eager - theirs64).max())
     return out
 
 
@@ -227,6 +276,14 @@ def main():
     print(f"  merged export read by transformers vs merged JAX model: max |logit diff| {lo['export_vs_merged_max_abs']:.3g} "
           f"(logits up to {lo['logit_scale']:.1f}); merged vs adapters: {lo['merged_vs_adapters_max_abs']:.3g}; "
           f"baseline, the base model without LoRA, jaxalign vs transformers: {lo['base_jax_vs_transformers_max_abs']:.3g}")
+    print(f"    float32 noise, not the export: transformers' own sdpa vs eager attention on the export "
+          f"{lo['transformers_sdpa_vs_eager_max_abs']:.3g}; export (eager) vs merged JAX {lo['export_vs_merged_eager_max_abs']:.3g}; "
+          f"distance to the float64 logits: merged JAX float32 {lo['merged_float32_vs_float64_max_abs']:.3g}, "
+          f"transformers sdpa {lo['transformers_float32_vs_float64_max_abs']:.3g}, eager "
+          f"{lo['transformers_eager_float32_vs_float64_max_abs']:.3g}")
+    print(f"    the export itself: tensors read back vs the merged model's, max |diff| {lo['export_weights_vs_merged_max_abs']:.3g}; "
+          f"in float64 on both sides, merged export read by transformers vs merged JAX model: max |logit diff| "
+          f"{lo['export_float64_max_abs']:.3g} (base model: {lo['base_float64_max_abs']:.3g})")
     print("\n| | LoRA | full fine-tuning | LoRA / full |")
     print("|---|---|---|---|")
     rows = [("trainable parameters", lo["trainable"], fu["trainable"], "{:,}"),

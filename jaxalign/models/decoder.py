@@ -148,7 +148,8 @@ class Decoder(nnx.Module):
         return self.family.final_norm(x, self.final_norm[...], self.config.rms_norm_eps)
 
     def _rope(self, positions) -> dict[str, tuple[jax.Array, jax.Array]]:
-        return {name: rope_cos_sin(positions, inv) for name, inv in self.family.rope_tables(self.config).items()}
+        dtype = jnp.promote_types(self.dtype, jnp.float32)
+        return {name: rope_cos_sin(positions, inv, dtype) for name, inv in self.family.rope_tables(self.config).items()}
 
     def _run_layers(self, x, ctx: LayerContext, return_kv: bool = False):
         """All layers over the stacked parameters (training, scoring, prefill).
@@ -230,9 +231,11 @@ class Decoder(nnx.Module):
         return (x, aux) if with_aux else x
 
     def __call__(self, input_ids, positions=None, segment_ids=None) -> jax.Array:
-        """Float32 logits `[B,T,V]` (materialised: for evaluation and tests, not training)."""
+        """Float32 logits `[B,T,V]` (float64 for a float64 model; materialised: for evaluation and tests,
+        not training)."""
         h = self.hidden_states(input_ids, positions, segment_ids)
-        logits = jnp.einsum("btd,dv->btv", h, self.lm_head_weight().astype(h.dtype), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", h, self.lm_head_weight().astype(h.dtype),
+                            preferred_element_type=jnp.promote_types(h.dtype, jnp.float32))
         cap = self.logit_softcap
         return logits if cap is None else cap * jnp.tanh(logits / cap)
 

@@ -80,3 +80,42 @@ def verify_conversion(converted: str | Path, source: str | Path, *, prompts=DEFA
         match &= jax_new == hf_new
         conts.append((tokenizer.decode(jax_new), tokenizer.decode(hf_new)))
     return VerifyReport(diff_jax, diff_hf, match, conts)
+
+
+def transformers_logits_float64(folder: str | Path, input_ids) -> np.ndarray:
+    """transformers' logits `[B,T,V]` (float64) of the HF folder for `input_ids` `[B,T]`, every op in
+    float64: the model in double with `sdpa` attention, and the float32 islands of its layers lifted
+    (the RMS norms' float32 cast, the rotary angles and cos/sin in float32; inv_freq keeps its float32
+    values, as jaxalign's). A reference that separates a port's or an export's parity from float32
+    rounding: a float64 jaxalign model (`jax.enable_x64`) agrees with it to ~1e-12, where float32
+    runs of the two differ by ~1e-4 (so do transformers' own float32 `sdpa` and `eager`). Llama-style
+    norms (`x * rsqrt(mean(x²) + eps) * w`) only; another norm raises ValueError."""
+    import types
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float64, attn_implementation="sdpa").eval()
+    for module in model.modules():
+        name = type(module).__name__
+        if name.endswith("RMSNorm"):
+            if not hasattr(module, "variance_epsilon"):
+                raise ValueError(f"float64 reference: {name} is not a Llama-style RMS norm")
+            module.forward = types.MethodType(_rms_norm_float64, module)
+        elif name.endswith("RotaryEmbedding"):
+            module.forward = types.MethodType(_rotary_float64, module)
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(input_ids), dtype=torch.long)).logits.numpy()
+
+
+def _rms_norm_float64(self, x):
+    return self.weight * (x * (x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon).rsqrt())
+
+
+def _rotary_float64(self, x, position_ids):
+    import torch
+
+    freqs = position_ids[..., None].double() * self.inv_freq.double()
+    emb = torch.cat((freqs, freqs), dim=-1)
+    scale = getattr(self, "attention_scaling", 1.0)
+    return (emb.cos() * scale).to(x.dtype), (emb.sin() * scale).to(x.dtype)

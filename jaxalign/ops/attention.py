@@ -126,7 +126,7 @@ def xla_attention(q, k, v, mask, *, logit_softcap=None, scale=None) -> jax.Array
     m = jnp.broadcast_to(mask[:, None, None], (B, 1, G, T, S)).reshape(B, 1, G * T, S)
     large_negative = -0.7 * min(float(jnp.finfo(logits.dtype).max), float(jnp.finfo(jnp.float32).max))
     logits = jnp.where(m, logits, jnp.asarray(large_negative, logits.dtype))
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # logits are float32 at least
     out = jnp.einsum("bkqs,bskd->bkqd", probs, v)
     return out.reshape(B, K, G, T, Dh).transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 
 def _normalise(x: jax.Array, eps: float) -> jax.Array:
-    xf = x.astype(jnp.float32)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32 at least: a float64 model stays float64
     return xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
 
 

@@ -38,21 +38,23 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | N
     raise ValueError(f"rope_type {kind!r} is not one of {', '.join(ROPE_TYPES)}")
 
 
-def rope_cos_sin(positions: jnp.ndarray, inv_freq: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """cos, sin `[B, T, head_dim]` float32 for integer positions `[B, T]`."""
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+def rope_cos_sin(positions: jnp.ndarray, inv_freq: np.ndarray, dtype=jnp.float32) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """cos, sin `[B, T, head_dim]` in `dtype` (float32; float64 for a float64 model) for integer
+    positions `[B, T]`."""
+    angles = positions.astype(dtype)[..., None] * jnp.asarray(inv_freq, dtype)[None, None, :]
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-    """Rotate `x` `[B, T, heads, head_dim]` by cos/sin `[B, T, rot]`; math in float32. With
-    rot < head_dim (partial rotary, Phi-3's `partial_rotary_factor`) only the first `rot` dims turn."""
+    """Rotate `x` `[B, T, heads, head_dim]` by cos/sin `[B, T, rot]`; math in float32 (float64 for a
+    float64 `x`). With rot < head_dim (partial rotary, Phi-3's `partial_rotary_factor`) only the first
+    `rot` dims turn."""
     rot = cos.shape[-1]
     if rot < x.shape[-1]:
         return jnp.concatenate([apply_rope(x[..., :rot], cos, sin), x[..., rot:]], axis=-1)
     half = x.shape[-1] // 2
-    xf = x.astype(jnp.float32)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
     out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
     return out.astype(x.dtype)
