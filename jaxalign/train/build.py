@@ -60,6 +60,15 @@ def lora_spec(cfg) -> LoraSpec | None:
     return LoraSpec(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, targets=tuple(cfg.targets))
 
 
+def lora_trained_base(config, head: str) -> str:
+    """Regex over parameter names of the base parameters a LoRA run trains besides the adapters:
+    `optimizer.trainable`'s, and a scalar-head model's (reward / difference model) head `score`, which
+    is new (a causal LM checkpoint has none) and must learn, as PEFT's `modules_to_save` for sequence
+    classification; "" = none."""
+    parts = [p for p in (config.optimizer.trainable, "^score$" if head == "score" else "") if p]
+    return "|".join(f"(?:{p})" for p in parts)
+
+
 def check_lora(cfg, model_config: ModelConfig) -> None:
     """Refuse, before any weights load, a `model.lora` section this model cannot take (a projection
     the family lacks), naming the key."""
@@ -71,14 +80,14 @@ def check_lora(cfg, model_config: ModelConfig) -> None:
 
 def build_policy(config, *, head: str = "lm", mesh: Mesh | None = None, seed: int = 0) -> Policy:
     """The `model` section's model with, when `model.lora.rank > 0`, fresh adapters (placed on `mesh`)
-    and only them (plus base parameters matching `optimizer.trainable`) trained."""
+    and only them (plus the base parameters `lora_trained_base` names) trained."""
     model = build_model(config.model, key="model", head=head, mesh=mesh, seed=seed)
     spec = lora_spec(config.model.lora)
     if spec is None:
         graphdef, params = nnx.split(model)
         return Policy(model, graphdef, params)
     add_lora(model, spec, mesh=mesh, seed=seed)
-    graphdef, params, base = split_trainable(model, config.optimizer.trainable)
+    graphdef, params, base = split_trainable(model, lora_trained_base(config, head))
     return Policy(model, graphdef, params, base)
 
 

@@ -40,7 +40,7 @@ from jaxalign.objectives.dpo import REFERENCE_COLUMNS
 from jaxalign.parallel.distributed import batch_sharding
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.parallel.sharding import param_name, param_sharding
-from jaxalign.train.build import lora_optimizer_config, lora_spec
+from jaxalign.train.build import lora_optimizer_config, lora_spec, lora_trained_base
 from jaxalign.train.optimizer import build_optimizer, frozen_mask, optimizer_state_shardings
 from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
 
@@ -188,7 +188,7 @@ def _build_step(config: Config, mesh, *, cached: tuple[str, ...], rows: int, gra
     counts, matmul = {"policy": count(s_pol)}, {"policy": matmul_params(s_pol, c_pol)}
     graphdefs, frozen = {"policy": g_pol}, {}
     if lora is not None:  # as the trainer splits it: the adapters train, the base weights are frozen
-        g_pol, s_pol, base = split_trainable(nnx.merge(g_pol, s_pol), config.optimizer.trainable)
+        g_pol, s_pol, base = split_trainable(nnx.merge(g_pol, s_pol), lora_trained_base(config, spec.head))
         graphdefs["policy"], frozen["policy"] = g_pol, place(base, mesh)
     params = place(s_pol, mesh)
     if needs_model(spec, "reference", config.loss, cols) and lora is not None and not config.reference.is_set():

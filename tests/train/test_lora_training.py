@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxalign.config import load_config
 from jaxalign.config.schema import ConfigError
-from jaxalign.models.lora import LoraParam, merge_lora
+from jaxalign.models.lora import LoraParam, lora_dropout, merge_lora
 from jaxalign.train.build import build_model
 from jaxalign.train.step import merge_models, policy_model
 from jaxalign.train.trainer import Trainer, train
@@ -33,8 +33,7 @@ def _config(tiny_dpo_overrides, out, *extra):
     return load_config("configs/tiny_dpo.yaml", overrides)
 
 
-@nnx.jit
-def _logps(model, input_ids, positions, segment_ids, loss_mask):
+def _row_logps(model, input_ids, positions, segment_ids, loss_mask):
     """Summed response log-probs per row from the materialised logits."""
     logits = model(input_ids, positions, segment_ids)
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
@@ -42,9 +41,12 @@ def _logps(model, input_ids, positions, segment_ids, loss_mask):
     return (tok * loss_mask[:, 1:]).sum(-1)
 
 
+_logps = nnx.jit(_row_logps)
+SIDE = ("input_ids", "positions", "segment_ids", "loss_mask")
+
+
 def _side(model, batch, side="chosen"):
-    return np.asarray(_logps(model, *(jnp.asarray(batch[f"{side}_{k}"]) for k in
-                                      ("input_ids", "positions", "segment_ids", "loss_mask"))))
+    return np.asarray(_logps(model, *(jnp.asarray(batch[f"{side}_{k}"]) for k in SIDE)))
 
 
 def _host(tree):
@@ -141,6 +143,65 @@ def test_lora_with_every_objective(objective, extra, first, tiny_dpo_overrides, 
     assert all(math.isfinite(x) for x in result.losses) and result.losses[1] != result.losses[0]
     if first is not None:
         assert result.losses[0] == pytest.approx(first, abs=1e-6)
+
+
+def test_lora_dropout_is_seeded_in_the_step_and_leaves_the_reference_alone(tiny_dpo_overrides, tmp_path):
+    """model.lora.dropout > 0: the train step drops the adapters' inputs (losses differ from dropout 0 once the
+    adapters are non-zero; at step 0, b = 0, they cannot), the same seed gives the same losses, and under the
+    step's dropout key the reference (adapters disabled) is exactly the key-free one while the policy is not."""
+    def run(dropout, name):
+        trainer = Trainer(_config(tiny_dpo_overrides, tmp_path / name, "mesh.data=1", "train.steps=2",
+                                  f"model.lora.dropout={dropout}"))
+        return trainer, trainer.run().losses
+
+    trainer, dropped = run(0.5, "a")
+    assert run(0.5, "b")[1] == dropped  # same seed, same dropout masks
+    plain = run(0.0, "c")[1]
+    assert dropped[0] == plain[0] == pytest.approx(LN2, abs=1e-6)
+    assert all(abs(a - b) > 1e-6 for a, b in zip(dropped[1:], plain[1:])), (dropped, plain)
+
+    graphdefs, batch = trainer.graphdefs, trainer.data.collate([(i,) for i in range(8)])
+
+    @jax.jit
+    def reference_and_policy(params, frozen, batch, seed):
+        with lora_dropout(None if seed is None else jax.random.key(seed)):  # as LossFn runs the objective
+            models = merge_models(graphdefs, params, frozen)
+            side = [batch[f"chosen_{k}"] for k in SIDE]
+            return _row_logps(models.reference, *side), _row_logps(models.policy, *side)
+
+    with jax.set_mesh(trainer.mesh):
+        ref_key, pol_key = map(np.asarray, reference_and_policy(trainer.state["params"], trainer.frozen, batch, 0))
+        ref, pol = map(np.asarray, reference_and_policy(trainer.state["params"], trainer.frozen, batch, None))
+    np.testing.assert_array_equal(ref_key, ref)
+    assert np.abs(pol_key - pol).max() > 1e-4  # the key really drops the policy's adapter inputs
+
+
+def test_lora_reward_model_trains_the_adapters_and_the_score_head(tiny_dpo_overrides, tmp_path):
+    """A reward model with LoRA: the adapters and the fresh scalar head train (PEFT's `modules_to_save` for
+    sequence classification), the base weights do not, and the merged export reads back in transformers with
+    the merged model's scores."""
+    trainer = Trainer(_config(tiny_dpo_overrides, tmp_path / "rm", "mesh.data=1", "train.steps=2",
+                              "loss.name=reward_model", "train.export_hf=true"))
+    names = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(trainer.state["params"])}
+    assert "score" in names and all(isinstance(v, LoraParam) for n, v in names.items() if n != "score")
+    before = {n: np.asarray(v[...]) for n, v in names.items()}
+    base_before = _host(trainer.frozen["policy"])
+    moments = [x for x in jax.tree.leaves(trainer.state["opt_state"]) if x.ndim > 0]
+    assert sorted(x.shape for x in moments) == sorted([v.shape for v in before.values()] * 2)
+    result = trainer.run()
+    assert all(math.isfinite(x) for x in result.losses) and result.losses[-1] < result.losses[0]
+    after = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(trainer.state["params"])}
+    assert [n for n in before if np.array_equal(before[n], after[n])] == []  # the head and every adapter moved
+    for old, new in zip(base_before, _host(trainer.frozen["policy"])):
+        np.testing.assert_array_equal(old, new)
+    ids = np.arange(3 * 16).reshape(3, 16) % 300
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(result.export_dir, dtype=torch.float32).eval()
+    with torch.no_grad():  # one row at a time: the score of the last token, as the model reads it
+        theirs = np.concatenate([hf(torch.tensor(row[None])).logits.numpy()[:, 0] for row in ids])
+    merged = merge_lora(policy_model(trainer.graphdefs.policy, trainer.state["params"], trainer.frozen))
+    graphdef, state = nnx.split(merged)
+    ours = np.asarray(jax.jit(lambda s: nnx.merge(graphdef, s)(jnp.asarray(ids)))(state))
+    np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
 
 def test_lora_with_cached_reference_columns_loads_no_reference(tiny_dpo_overrides, tmp_path, preference_data):
