@@ -50,8 +50,9 @@ def setup(tiny_models, preference_data, byte_tokenizer_dir, tmp_path_factory, su
     root = tmp_path_factory.mktemp("multihost")
     prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": f"what is {i} times {i + 1}?"} for i in range(PROMPTS)])
     prefs = write_jsonl(root / "prefs.jsonl", synthetic_preferences(PROMPTS, 3))
-    env = dict(subprocess_env, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)  # the launcher sets 4 devices per process
+    # the launcher sets 4 devices per process; the other XLA flags (code generation) stay as in this process
+    flags = [f for f in subprocess_env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    env = dict(subprocess_env, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
     overrides = [
         f"model.path={student}", f"teacher.path={teacher}", "data.max_length=64", "data.max_prompt_length=40",
         "data.buckets=[64]", "logging.progress_bar=false", "generate.max_new_tokens=4", "generate.batch_size=8",
