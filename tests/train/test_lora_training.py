@@ -236,3 +236,9 @@ def test_plan_of_a_lora_run_counts_adapters_as_trained_and_the_base_once():
     assert per["frozen"] == full["params"]  # the base weights, once: the reference is the same arrays
     assert per["params"] < full["params"] / 5 and per["optimizer"] == pytest.approx(2 * per["params"], rel=0.01)
     assert set(lora.param_counts) == {"policy", "reference"}
+    # a reward model's head trains with the adapters in the plan too (as optimizer.trainable=^score$ would say)
+    rm = [*common, "model.lora.rank=4", "loss.name=reward_model"]
+    head = plan_train(load_config("configs/dpo.yaml", rm), devices=2, flops=False).per_device_bytes
+    named = plan_train(load_config("configs/dpo.yaml", [*rm, "optimizer.trainable=^score$"]), devices=2,
+                       flops=False).per_device_bytes
+    assert (head["params"], head["optimizer"], head["frozen"]) == (named["params"], named["optimizer"], named["frozen"])
