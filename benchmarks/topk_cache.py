@@ -1,16 +1,17 @@
 """Token-level distillation from a cached top-k teacher vs the teacher in the step, on the real SmolLM2-135M.
 
-    python benchmarks/topk_cache.py [--hf-dir DIR] [--batch 2] [--seq 128] [--prompt 32] [--k 32] [--steps 3]
+    python benchmarks/topk_cache.py [--hf-dir DIR] [--batch 2] [--seq 128] [--prompt 32] [--k 32 [--k 1024]] [--steps 3]
 
 Teacher = SmolLM2-135M-Instruct (bundled GGUF), student = the same model with 20% of its layers removed
 (policy; the reference's log-probs are cached columns in both runs). The batch is English text (the
 shipped prompt sets, tokenised and concatenated). Prints, in one run on one batch:
 
-- the KD loss (each divergence) from the k-cache (k ids + residual bucket, ``loss.kd_cache``) against the
-  teacher in the step (full vocabulary), and their difference;
-- the daDPO + KD (forward KL, chosen) train step's seconds per step with the cache (teacher not in the
-  step: its sequence log-probs are columns, its distributions the cache) against the teacher in the step
-  (teacher forward each step), their ratio, and how many times each step compiled.
+- per cache size k (``--k``, repeatable; default 32): the teacher's mass outside its top k, and the KD loss
+  (each divergence) from the k-cache (k ids + residual bucket, ``loss.kd_cache``) against the teacher in
+  the step (full vocabulary), and their difference;
+- the daDPO + KD (forward KL, chosen) train step's seconds per step (the two steps alternate) with the cache (teacher not in the
+  step: its sequence log-probs are columns, its distributions the first k's cache) against the teacher in
+  the step (teacher forward each step), their ratio, and how many times each step compiled.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main():
     parser.add_argument("--batch", type=int, default=2, help="pairs per step")
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--prompt", type=int, default=32)
-    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--k", type=int, action="append", help="cache size (repeatable); default 32")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compiling) one")
     parser.add_argument("--chunk", type=int, default=256)
     args = parser.parse_args()
@@ -100,21 +101,14 @@ def main():
     s_graph, params = nnx.split(student)
     params = jax.tree.map(jnp.copy, params)  # the pruned student shares buffers with the teacher; the step donates
     t_graph, t_params = nnx.split(teacher)
-    B, T, k = args.batch, args.seq, args.k
+    B, T, ks = args.batch, args.seq, args.k or [32]
     host = text_batch(load_tokenizer(str(hf_dir)), B, T, args.prompt)
     dev = jax.devices()[0]
     plain = jax.device_put(host, dev)
     ref = cache_columns(s_graph, params, plain, 0, args.chunk)
-    tea = cache_columns(t_graph, t_params, plain, k, args.chunk)
     base = {**plain, "ref_chosen_logps": ref["chosen_logps"], "ref_rejected_logps": ref["rejected_logps"]}
-    cached = {**base, "teacher_chosen_logps": tea["chosen_logps"], "teacher_rejected_logps": tea["rejected_logps"],
-              **{key: v for key, v in tea.items() if "topk" in key}}
     print(f"SmolLM2-135M teacher ({teacher.config.num_layers} layers), student {student.config.num_layers} layers, "
-          f"vocab {teacher.config.vocab_size}; batch {B} pairs x {T} tokens ({T - args.prompt} response tokens each), "
-          f"cache k={k}")
-    res = np.asarray(tea["chosen_topk_residual"])[:, args.prompt:]
-    print(f"  teacher mass outside its top-{k} on the chosen responses: mean {np.mean(np.exp(res)):.4f}, "
-          f"max {np.max(np.exp(res)):.4f}")
+          f"vocab {teacher.config.vocab_size}; batch {B} pairs x {T} tokens ({T - args.prompt} response tokens each)")
 
     # KD loss: cache vs teacher in the step, same policy, same batch (no optimizer step).
     def kd_value(divergence, graphdefs, frozen, batch):
@@ -124,34 +118,48 @@ def main():
 
     no_teacher = GraphDefs(policy=s_graph)
     with_teacher = GraphDefs(policy=s_graph, teacher=t_graph)
-    for d in DIVERGENCES:
-        a = kd_value(d, no_teacher, {}, cached)
-        b = kd_value(d, with_teacher, {"teacher": t_params}, base)
-        print(f"  KD {d:10s}: cached k={k} {a:.6f}, teacher in step {b:.6f}, difference {a - b:+.3e} "
-              f"(relative {(a - b) / b:+.2e})", flush=True)
+    in_step = {d: kd_value(d, with_teacher, {"teacher": t_params}, base) for d in DIVERGENCES}
+    cached = None
+    for k in ks:
+        tea = cache_columns(t_graph, t_params, plain, k, args.chunk)
+        batch = {**base, "teacher_chosen_logps": tea["chosen_logps"], "teacher_rejected_logps": tea["rejected_logps"],
+                 **{key: v for key, v in tea.items() if "topk" in key}}
+        cached = cached or (k, batch)
+        res = np.exp(np.asarray(tea["chosen_topk_residual"])[:, args.prompt:])
+        print(f"  k={k}: teacher mass outside its top-{k} on the chosen responses: mean {res.mean():.4f}, "
+              f"max {res.max():.4f}")
+        for d in DIVERGENCES:
+            a, b = kd_value(d, no_teacher, {}, batch), in_step[d]
+            print(f"    KD {d:10s}: cached k={k} {a:.6f}, teacher in step {b:.6f}, difference {a - b:+.3e} "
+                  f"(relative {(a - b) / b:+.2e})", flush=True)
 
     # Train-step time: daDPO + KD from the cache (no teacher) vs the teacher in the step.
     loss = LossConfig(name="dadpo", kd_weight=1.0, chunk_size=args.chunk)
     tx, schedule = build_optimizer(OptimizerConfig(lr=1e-6), 100, params)
-    timings = {}
-    for name, graphdefs, frozen, batch in (("cached", no_teacher, {}, cached),
+    print(f"  train steps: the cache of k={cached[0]}; the two steps alternate, so load changes hit both alike")
+    runs = {}
+    for name, graphdefs, frozen, batch in (("cached", no_teacher, {}, cached[1]),
                                            ("teacher in step", with_teacher, {"teacher": t_params}, base)):
         fn = make_loss_fn(get_objective("dadpo"), ObjectiveContext(loss), graphdefs)
         state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": jax.tree.map(jnp.copy, params),
                                 "opt_state": jax.jit(tx.init)(params), "rng": jax.random.key_data(jax.random.key(0))}, dev)
         step = make_train_step(fn, tx, schedule, state_shardings=jax.tree.map(lambda x: x.sharding, state))
-        times, losses = [], []
-        for _ in range(args.steps + 1):
+        runs[name] = dict(step=step, state=state, frozen=frozen, batch=batch, times=[], losses=[])
+    for _ in range(args.steps + 1):
+        for r in runs.values():
             t = time.perf_counter()
-            state, metrics = step(state, frozen, batch)
-            losses.append(float(metrics["loss"]))
-            times.append(time.perf_counter() - t)
-        per_step = float(np.median(times[1:])) if args.steps else times[0]
-        timings[name] = per_step
-        print(f"  step {name:15s}: first (compile + run) {times[0]:.1f} s, steady {per_step:.2f} s/step (median of "
-              f"{args.steps}), compiled {step._cache_size()} time(s); losses {', '.join(f'{x:.5f}' for x in losses)}",
-              flush=True)
-    print(f"  step time cached / teacher in step: {timings['cached'] / timings['teacher in step']:.3f}x")
+            r["state"], metrics = r["step"](r["state"], r["frozen"], r["batch"])
+            r["losses"].append(float(metrics["loss"]))
+            r["times"].append(time.perf_counter() - t)
+    for name, r in runs.items():
+        r["per_step"] = float(np.median(r["times"][1:])) if args.steps else r["times"][0]
+        print(f"  step {name:15s}: first (compile + run) {r['times'][0]:.1f} s, steady {r['per_step']:.2f} s/step "
+              f"(median of {args.steps}: {', '.join(f'{x:.1f}' for x in r['times'][1:])}), compiled "
+              f"{r['step']._cache_size()} time(s); losses {', '.join(f'{x:.5f}' for x in r['losses'])}", flush=True)
+    a, b = runs["cached"], runs["teacher in step"]
+    pairs = [x / y for x, y in zip(a["times"][1:], b["times"][1:])]
+    print(f"  step time cached / teacher in step: {a['per_step'] / b['per_step']:.3f}x (ratio of medians); "
+          f"per alternating pair {', '.join(f'{x:.3f}' for x in pairs)}")
 
 
 if __name__ == "__main__":
