@@ -26,9 +26,11 @@ def _unpaired(n: int) -> list[dict]:
 
 
 def _trainer(preference_data, tokenizer_dir, data, out):
+    # Adam's ε at 1e-3: the first update lr·g/(|g|+ε) is then smooth in the gradient, so float noise in
+    # near-zero gradient components (two programs, two summation orders) is not blown up to lr-sized steps
     cfg = load_config("configs/tiny_dpo.yaml", tiny_overrides(preference_data, tokenizer_dir, out) + [
         "loss.name=kto", "data.task=kto", f"data.path={data}", "eval_data=null", "mesh.data=1", "train.steps=1",
-        "optimizer.lr=1e-3", "checkpoint.resume=false"])
+        "optimizer.lr=1e-3", "optimizer.eps=1e-3", "checkpoint.resume=false"])
     return Trainer(cfg)
 
 
