@@ -164,8 +164,8 @@ def _check_file_stage(output: str, current: dict, what: str) -> str:
 def _train_plan(config: Config) -> tuple[str, str]:
     """("skip" | "run", why): skip only when the export's provenance matches this stage's config and inputs;
     a longer ``train.steps`` resumes; any other difference sets the old run aside and trains anew."""
-    from jaxalign.train.provenance import describe_diff, diff, flatten
-    from jaxalign.train.trainer import EXPORT_PROVENANCE, RESUME_ALLOWED, check_resume, run_provenance
+    from jaxalign.train.provenance import describe_diff, flatten
+    from jaxalign.train.trainer import EXPORT_PROVENANCE, RESUME_ALLOWED, check_resume, config_changes, run_provenance
 
     out = Path(config.train.output_dir)
     moved_paths = [Path(config.checkpoint_dir), Path(config.export_dir), out / "metrics.jsonl"]
@@ -180,7 +180,8 @@ def _train_plan(config: Config) -> tuple[str, str]:
             was = {**flatten(recorded.get("config", {})), **{f"provenance.{k}": v for k, v in recorded.items()
                                                              if k not in ("config", "steps")}}
             now = {**current, **{f"provenance.{k}": v for k, v in provenance.items()}}
-            changes = diff(was, now, ignore=tuple(k for k in RESUME_ALLOWED if k not in ("train.steps", "train.epochs")))
+            changes = config_changes(was, now, ignore=tuple(k for k in RESUME_ALLOWED
+                                                            if k not in ("train.steps", "train.epochs")))
             if not changes:
                 return "skip", f"{config.export_dir} exists and was made by this config"
             why = describe_diff(changes)

@@ -156,12 +156,22 @@ _PROVENANCE_NAMES = {"data.source": "the content of data.path", "model": "the mo
                      "reference": "the model at reference.path", "teacher": "the model at teacher.path"}
 
 
+def config_changes(recorded: dict, current: dict, *, ignore=()) -> list[tuple[str, object, object]]:
+    """``provenance.diff`` of a recorded and the current flattened config, where a key the record lacks
+    (a setting added to jaxalign after it was written) at its default is no change."""
+    from jaxalign.train.provenance import diff, flatten
+
+    defaults = flatten(yaml.safe_load(to_yaml(load_config(check=False))))
+    return [(k, a, b) for k, a, b in diff(recorded, current, ignore=ignore)
+            if k in recorded or diff({k: b}, {k: defaults.get(k)})]
+
+
 def check_resume(config: Config, yaml_text: str, provenance: dict) -> None:
     """Refuse to resume a checkpoint whose run had another config (outside ``RESUME_ALLOWED``), other
     training data or other model files, unless ``checkpoint.allow_config_change``. Reads only small
     files of the newest committed step, so it runs before any model loads."""
     from jaxalign.train.checkpointing import committed_step_files
-    from jaxalign.train.provenance import describe_diff, diff, flatten
+    from jaxalign.train.provenance import describe_diff, flatten
 
     if not config.checkpoint.resume or config.checkpoint.allow_config_change:
         return
@@ -172,11 +182,8 @@ def check_resume(config: Config, yaml_text: str, provenance: dict) -> None:
     hint = (f"use another train.output_dir to start a new run, or set checkpoint.allow_config_change=true to "
             f"continue from step {step} anyway")
     if saved_yaml is not None:
-        saved = flatten(yaml.safe_load(saved_yaml) or {})
-        defaults = flatten(yaml.safe_load(to_yaml(load_config(check=False))))
-        # a setting added to jaxalign after the checkpoint was written, at its default, changes nothing
-        changes = [(k, a, b) for k, a, b in diff(saved, flatten(yaml.safe_load(yaml_text)), ignore=RESUME_ALLOWED)
-                   if k in saved or diff({k: b}, {k: defaults.get(k)})]
+        changes = config_changes(flatten(yaml.safe_load(saved_yaml) or {}), flatten(yaml.safe_load(yaml_text)),
+                                 ignore=RESUME_ALLOWED)
         if changes:
             raise ConfigError(f"resume from {config.checkpoint_dir} (step {step}): the config changed "
                               f"({describe_diff(changes)}); {hint}")

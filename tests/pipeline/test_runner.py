@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 from jaxalign.config.schema import ConfigError
 from jaxalign.pipeline.evaluate import METRICS
 from jaxalign.pipeline.runner import run_pipeline
+from jaxalign.train.trainer import EXPORT_PROVENANCE
 
 RECIPE = str(Path(__file__).parents[2] / "configs" / "pipeline_dadpo.yaml")
 MAIN_STAGES = [("prune", "prune"), ("teacher responses", "generate"), ("dSFT", "train"), ("pairs", "generate"),
@@ -179,6 +180,13 @@ def test_train_stage_skips_only_a_matching_export_resumes_more_steps_and_reruns_
     assert changed.status == "ran" and changed.detail.startswith("rerun because loss.beta: 0.1 -> 0.3; previous run moved to")
     assert (tmp_path / "run" / "checkpoints.replaced-1").is_dir() and (tmp_path / "run" / "hf.replaced-1").is_dir()
     assert stage("train.steps=3", "loss.beta=0.3").status == "skipped"
+    # an export written before jaxalign had a setting (here loss.average_logps) matches at that setting's default
+    record = tmp_path / "run" / "hf" / EXPORT_PROVENANCE
+    old = json.loads(record.read_text())
+    del old["config"]["loss.average_logps"]
+    record.write_text(json.dumps(old))
+    assert stage("train.steps=3", "loss.beta=0.3").status == "skipped"
+    assert stage("train.steps=3", "loss.beta=0.3", "loss.average_logps=true").status == "ran"
 
 
 def test_bad_key_is_refused_before_the_first_stage(tiny_models, prompts_file, tmp_path, monkeypatch):
