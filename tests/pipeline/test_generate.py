@@ -16,7 +16,7 @@ from jaxalign.data import DataError
 from jaxalign.pipeline import generate as generate_mod
 from jaxalign.pipeline.generate import run_generate
 from jaxalign.train.provenance import sidecar_path
-from tests.pipeline.conftest import sigterm_at, write_jsonl
+from tests.pipeline.conftest import StopAfterFirstBatch, sigterm_at, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -250,17 +250,6 @@ def test_two_concurrent_generates_on_one_output(base_overrides, prompts_file, pa
 
 
 def test_parquet_output_appears_only_when_complete(base_overrides, prompts_file, pairs_run, tmp_path, monkeypatch):
-    class StopAfterFirstBatch:
-        """A PreemptionGuard whose signal has arrived: the loop stops after one batch."""
-
-        requested, signal_name = True, "SIGTERM"
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
     out = tmp_path / "pairs.parquet"
     partial = tmp_path / "pairs.parquet.partial.jsonl"
     config = _config(base_overrides, prompts_file, out, "generate.mode=pairs")

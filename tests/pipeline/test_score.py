@@ -21,7 +21,7 @@ from jaxalign.train import build as build_mod
 from jaxalign.train import trainer as trainer_mod
 from jaxalign.train.provenance import sidecar_path
 from jaxalign.train.trainer import Trainer
-from tests.pipeline.conftest import write_jsonl
+from tests.pipeline.conftest import StopAfterFirstBatch, write_jsonl
 from tests.pipeline.test_generate import base_overrides, sigterm_then_resume  # noqa: F401 (fixtures)
 from tests.train.conftest import synthetic_preferences
 
@@ -245,15 +245,6 @@ def test_sigterm_stops_cleanly_and_the_rerun_completes_identically(base_override
 
 
 def test_interrupted_score_leaves_only_the_partial_file(base_overrides, prefs, tmp_path, monkeypatch):
-    class StopAfterFirstBatch:
-        requested, signal_name = True, "SIGTERM"
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
     out = tmp_path / "scored.jsonl"
     config = _config(base_overrides, prefs, out)
     monkeypatch.setattr(score_mod, "PreemptionGuard", StopAfterFirstBatch)

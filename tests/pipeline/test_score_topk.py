@@ -21,7 +21,7 @@ from jaxalign.train import trainer as trainer_mod
 from jaxalign.train.provenance import ProvenanceError
 from jaxalign.train.step import make_loss_fn
 from jaxalign.train.trainer import Trainer
-from tests.pipeline.conftest import write_jsonl
+from tests.pipeline.conftest import StopAfterFirstBatch, write_jsonl
 from tests.pipeline.test_generate import base_overrides  # noqa: F401 (fixture)
 from tests.train.conftest import synthetic_preferences
 
@@ -178,15 +178,6 @@ def test_an_interrupted_score_resumes_its_cache(cached, base_overrides, tmp_path
     from jaxalign.pipeline import score as score_mod
 
     config0, result0 = cached
-
-    class StopAfterFirstBatch:
-        requested, signal_name = True, "SIGTERM"
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
 
     prefs = write_jsonl(tmp_path / "prefs.jsonl", synthetic_preferences(8, 5))  # the fixture's rows
     out = tmp_path / "scored.jsonl"
