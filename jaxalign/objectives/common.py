@@ -22,7 +22,6 @@ from jax.sharding import Mesh
 from jaxalign.config.loss import KD_ON
 from jaxalign.losses import composite_loss, sft_loss
 from jaxalign.losses._common import safe_div
-from jaxalign.errors import ConfigError
 from jaxalign.ops import cached_distill_loss, token_distill_loss
 from jaxalign.train.forward import Sequences, SequenceOutput, sequence_logps, split_pairs
 
@@ -177,9 +176,7 @@ def token_kd(models: Models, batch: dict, both: Sequences, policy: SequenceOutpu
     prefixes = KD_SIDES[cfg.kd_on]
     common = dict(divergence=cfg.kd_divergence, jsd_lambda=cfg.kd_jsd_lambda, top_k=cfg.kd_top_k or None,
                   chunk_size=ctx.chunk_size)
-    if f"{prefixes[0]}topk_ids" in batch:
-        if cfg.kd_temperature != 1:
-            raise ConfigError(f"loss.kd_cache holds temperature-1 log-probs; loss.kd_temperature={cfg.kd_temperature}")
+    if f"{prefixes[0]}topk_ids" in batch:  # attach_kd_cache refused kd_temperature != 1 before any model loaded
         ids, logps, residual = (jnp.concatenate([batch[f"{p}topk_{n}"] for p in prefixes])[:, 1:]
                                 for n in ("ids", "logps", "residual"))
         return cached_distill_loss(policy.hidden[rows, :-1], models.policy.lm_head_weight(), ids, logps, residual,
