@@ -6,12 +6,19 @@ projection `w [L, D, F]`, `a [L, D, r]` (uniform ±1/√D, as PEFT's Kaiming ini
 (zeros, so a fresh adapter changes nothing). The forward adds `(alpha/r)·dropout(x)·a·b` to the
 projection (`jaxalign.models.layers.lora`).
 
+Mixture-of-experts families (Mixtral, Qwen3-MoE) also expose their expert stacks `expert_gate`,
+`expert_up` `[L, E, D, F]` and `expert_down` `[L, E, F, D]`: each expert gets its own pair,
+`a [L, E, in, r]`, `b [L, E, r, out]` (as PEFT adapts each expert's Linear), added per expert in
+`layers.moe.expert_linear`. `all-linear` includes them (PEFT's all-linear adapts every expert
+Linear); the router is adapted only when named.
+
 - Trained: only `LoraParam`s (`split_trainable` separates them from the frozen base weights, so the
   optimizer state and checkpoints hold only them).
 - Reference: `adapters_disabled(model)` is the same weights with the branch absent from the trace
   (no second copy; its forward is the base model's exactly).
 - Sharding: `a` shards its input axis like the base weight's input axis, `b` its output axis like
-  the base weight's output axis; the rank axis is replicated.
+  the base weight's output axis, both their expert axis like the base weight's; the rank axis is
+  replicated.
 - Export: `merge_lora(model)` is a plain model with `w + (alpha/r)·a·b`, for `save_pretrained`.
 - Dropout: active only inside `with lora_dropout(key):` (the train step's policy forward).
 """
@@ -32,15 +39,19 @@ from jax.sharding import Mesh
 from jaxalign.models.config import ConfigError, ModelConfig
 from jaxalign.models.decoder import Decoder
 from jaxalign.models.layers.lora import LoraWeight
-from jaxalign.models.layers.params import ParamSpec
+from jaxalign.models.layers.params import EXPERT_IN_OUT, EXPERT_OUT_IN, ParamSpec
 from jaxalign.models.param_roles import is_norm
 from jaxalign.parallel.sharding import param_name, state_shardings
 
 __all__ = ["ALL_LINEAR", "LoraAdapters", "LoraParam", "LoraSpec", "add_lora", "adapters_disabled", "decoders",
            "has_lora", "lora_dropout", "merge_lora", "resolve_targets", "split_trainable", "targetable"]
 
-#: `targets` value that adapts every attention and MLP projection (`*_proj`) of the family.
+#: `targets` value that adapts every attention and MLP projection (`*_proj`) of the family and, in a
+#: mixture, every expert (`expert_*`); not the router.
 ALL_LINEAR = "all-linear"
+
+#: Partition names of a mixture's expert stacks `[E, in, out]` (`layers.moe.moe_params`).
+_EXPERT_STACKS = (EXPERT_IN_OUT, EXPERT_OUT_IN)
 
 
 class LoraParam(nnx.Param):
@@ -63,15 +74,27 @@ class LoraSpec:
         return self.alpha / self.rank
 
 
+def _is_expert_stack(spec: ParamSpec) -> bool:
+    return spec.names in _EXPERT_STACKS
+
+
 def targetable(config: ModelConfig) -> dict[str, ParamSpec]:
-    """The per-layer projections of a family an adapter can sit on: its 2-D weights `[in, out]`
-    (q/k/v/o, gate/up/down, a mixture's router), each applied through `layers.linear`."""
-    return {n: s for n, s in config.family.layer_params(config).items() if len(s.shape) == 2 and not is_norm(n)}
+    """The per-layer projections of a family an adapter can sit on, in the family's order: its 2-D
+    weights `[in, out]` (q/k/v/o, gate/up/down, a mixture's router), each applied through
+    `layers.linear`, and a mixture's expert stacks `[E, in, out]` (expert_gate/up/down), applied
+    per expert through `layers.moe.expert_linear`."""
+    return {n: s for n, s in config.family.layer_params(config).items()
+            if (len(s.shape) == 2 and not is_norm(n)) or _is_expert_stack(s)}
+
+
+def _in_all_linear(name: str, spec: ParamSpec) -> bool:
+    return name.endswith("_proj") or _is_expert_stack(spec)
 
 
 def resolve_targets(config: ModelConfig, targets, *, key: str = "model.lora.targets") -> tuple[str, ...]:
     """The projection names `targets` selects for this family, in the family's order; `ALL_LINEAR`
-    is every `*_proj`. Raises ConfigError naming `key` for an unknown or empty selection."""
+    is every `*_proj` and every expert stack (`expert_*`; not the router). Raises ConfigError naming
+    `key` for an unknown or empty selection."""
     names = (targets,) if isinstance(targets, str) else tuple(targets)
     available = targetable(config)
     if not names:
@@ -79,7 +102,7 @@ def resolve_targets(config: ModelConfig, targets, *, key: str = "model.lora.targ
     chosen = set()
     for name in names:
         if name == ALL_LINEAR:
-            chosen.update(n for n in available if n.endswith("_proj"))
+            chosen.update(n for n, s in available.items() if _in_all_linear(n, s))
         elif name in available:
             chosen.add(name)
         else:
@@ -99,7 +122,8 @@ def check_spec(spec: LoraSpec, *, key: str = "model.lora") -> None:
 
 
 class LoraAdapters(nnx.Module):
-    """Stacked adapter pairs `{target}_a [L, in, r]`, `{target}_b [L, r, out]` of one decoder.
+    """Stacked adapter pairs `{target}_a [L, in, r]`, `{target}_b [L, r, out]` of one decoder
+    (an expert stack's: `[L, E, in, r]`, `[L, E, r, out]`, one pair per expert).
 
     `enabled` (static) decides at trace time whether `wrap` adds them: a disabled copy traces
     exactly the base model's computation.
@@ -111,18 +135,20 @@ class LoraAdapters(nnx.Module):
         self.enabled = True
         r = spec.rank
         for name, base in specs.items():
-            (d_in, d_out), (in_axis, out_axis) = base.shape, base.names
+            # lead: the expert axis of an expert stack (none for a projection), sharded as the base's
+            (*lead, d_in, d_out), (*lead_axes, in_axis, out_axis) = base.shape, base.names
             bound = 1.0 / math.sqrt(d_in)
-            a = jax.random.uniform(rngs.params(), (num_layers, d_in, r), jnp.float32, -bound, bound)
-            setattr(self, f"{name}_a", LoraParam(a, out_sharding=(None, in_axis, None), eager_sharding=False))
-            setattr(self, f"{name}_b", LoraParam(jnp.zeros((num_layers, r, d_out), jnp.float32),
-                                                 out_sharding=(None, None, out_axis), eager_sharding=False))
+            a = jax.random.uniform(rngs.params(), (num_layers, *lead, d_in, r), jnp.float32, -bound, bound)
+            setattr(self, f"{name}_a", LoraParam(a, out_sharding=(None, *lead_axes, in_axis, None),
+                                                 eager_sharding=False))
+            setattr(self, f"{name}_b", LoraParam(jnp.zeros((num_layers, *lead, r, d_out), jnp.float32),
+                                                 out_sharding=(None, *lead_axes, None, out_axis), eager_sharding=False))
 
     def pair(self, name: str) -> tuple[jax.Array, jax.Array]:
         return getattr(self, f"{name}_a")[...], getattr(self, f"{name}_b")[...]
 
     def wrap(self, stacked: dict[str, jax.Array]) -> dict:
-        """`stacked` with each target's weight `[L, in, out]` replaced by a stacked `LoraWeight`
+        """`stacked` with each target's weight `[L, (E,) in, out]` replaced by a stacked `LoraWeight`
         (per-layer dropout keys `[L, 2]` under `lora_dropout`)."""
         out = dict(stacked)
         key = _DROPOUT_KEY.get() if self.dropout > 0 else None
@@ -136,9 +162,10 @@ class LoraAdapters(nnx.Module):
         return out
 
     def delta(self, name: str) -> jax.Array:
-        """`(alpha/r)·a·b` `[L, in, out]` in float32: what merging adds to the target's weight."""
+        """`(alpha/r)·a·b` `[L, (E,) in, out]` in float32 (per layer and expert): what merging adds
+        to the target's weight."""
         a, b = self.pair(name)
-        return jnp.einsum("ldr,lrf->ldf", a.astype(jnp.float32), b.astype(jnp.float32)) * self.scale
+        return jnp.einsum("...dr,...rf->...df", a.astype(jnp.float32), b.astype(jnp.float32)) * self.scale
 
 
 # ------------------------------------------------------------------------------------------ dropout

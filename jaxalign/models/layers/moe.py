@@ -12,7 +12,8 @@ hidden/intermediate dims as dense MLPs do. It costs E/k times the expert FLOPs o
 kernel; `benchmarks/moe_dispatch.py` measures it against a grouped dispatch (tokens sorted by
 expert, `jax.lax.ragged_dot`): on XLA:CPU the grouped form was 18x slower at the tests' shape and
 still 1.25x slower at B4 T128 D256 F512 E8 k2 (forward + backward), so the einsum stays until an
-accelerator run needs the k/E FLOPs.
+accelerator run needs the k/E FLOPs. LoRA on the experts (`model.lora.targets`) is one adapter
+pair per expert, its branch added in `expert_linear` as the rank-r product (no `[E,D,F]` update).
 
 The auxiliary loss is HF's `load_balancing_loss_func` (Switch Transformer eqs. 4-6) over all
 layers: `E * sum_e (count_e / N) * (prob_e / N)` where `count_e` sums the top-k assignments of
@@ -33,6 +34,7 @@ from jaxalign.models.checkpoint_names import LAYER_PREFIX, TensorRule
 from jaxalign.models.config import ConfigError, ModelConfig
 from jaxalign.models.layers.context import LayerContext
 from jaxalign.models.layers.linear import linear
+from jaxalign.models.layers.lora import LoraWeight, lora_delta
 from jaxalign.models.layers.mlp import ACTIVATIONS
 # Partition names (`params.SHARDING_PLAN`): the experts split over `fsdp` (expert parallelism on
 # the data-parallel devices), each expert's widening dim over `tensor` as a dense MLP's.
@@ -104,6 +106,18 @@ def load_balancing_loss(stats: jax.Array) -> jax.Array:
     return E * jnp.sum((stats[:E] / rows) * (stats[E:2 * E] / rows))
 
 
+def expert_linear(x: jax.Array, w) -> jax.Array:
+    """Every expert's projection in x's dtype: x `[B,T,D]` (each expert reads it) or `[B,T,E,D]`
+    (each its own), w `[E,D,F]` -> `[B,T,E,F]`; plus each expert's LoRA branch when w is a
+    `LoraWeight` (its rank-r product, never an `[E,D,F]` update)."""
+    adapter = None
+    if isinstance(w, LoraWeight):
+        adapter, w = w, w.w
+    spec = "btd,edf->btef" if x.ndim == 3 else "bted,edf->btef"
+    y = jnp.einsum(spec, x, w.astype(x.dtype))
+    return y if adapter is None else y + lora_delta(x, adapter)
+
+
 def moe_mlp(p: dict[str, jax.Array], h: jax.Array, ctx: LayerContext, *, top_k: int, normalise: bool,
             activation: str = "silu", weights_in_compute_dtype: bool = False) -> tuple[jax.Array, jax.Array]:
     """Mixture of the top-k experts of normed hidden states `h` `[B,T,D]`: returns (`[B,T,D]`,
@@ -117,9 +131,9 @@ def moe_mlp(p: dict[str, jax.Array], h: jax.Array, ctx: LayerContext, *, top_k: 
     probs, weights, index = route(logits, top_k, normalise)
     E = probs.shape[-1]
     combine = jnp.einsum("btk,btke->bte", weights, jax.nn.one_hot(index, E, dtype=weights.dtype))
-    gate = jnp.einsum("btd,edf->btef", h, p["expert_gate"].astype(h.dtype))
-    up = jnp.einsum("btd,edf->btef", h, p["expert_up"].astype(h.dtype))
-    y = jnp.einsum("btef,efd->bted", act(gate) * up, p["expert_down"].astype(h.dtype))
+    gate = expert_linear(h, p["expert_gate"])
+    up = expert_linear(h, p["expert_up"])
+    y = expert_linear(act(gate) * up, p["expert_down"])
     if weights_in_compute_dtype:
         out = jnp.einsum("bted,bte->btd", y, combine.astype(h.dtype))
     else:
