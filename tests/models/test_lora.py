@@ -1,6 +1,7 @@
 """LoRA adapters (jaxalign.models.lora): a fresh adapter changes nothing, the disabled model is the base
 model exactly, merging equals the adapted forward and exports a folder transformers reads with the same
-logits, adapters shard like the base weights on every family, and bad settings fail by their key."""
+logits, adapters shard like the base weights on every family (a mixture's per-expert pairs included),
+and bad settings fail by their key."""
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,8 @@ from tests.models.family_checks import compiled_forward
 from tests.models.test_all_families import FAMILIES, tiny_config
 
 IDS = (np.arange(2 * 12).reshape(2, 12) * 7) % 60
+MOE = ["mixtral", "qwen3_moe"]
+EXPERTS = ("expert_gate", "expert_up", "expert_down")
 
 
 def _perturb(model, seed: int = 1, scale: float = 0.2):
@@ -136,20 +139,30 @@ def test_merged_export_is_the_merged_weights_and_equals_transformers_in_float64(
     np.testing.assert_allclose(theirs, adapted, rtol=0, atol=1e-5)  # the adapters, merged (unmerged: > 1e-2 off)
 
 
+def _spec(value) -> tuple:
+    """`value`'s partition spec, one entry per axis."""
+    spec = tuple(value.sharding.spec)
+    return spec + (None,) * (value.ndim - len(spec))
+
+
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_every_family_adapters_shard_like_their_base_weights_on_a_3d_mesh(model_type):
     config = tiny_config(families()[model_type])
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     model = add_lora(init_model(config, mesh=mesh), LoraSpec(rank=4, targets=(ALL_LINEAR,)), mesh=mesh)
     targets = model.lora.targets
-    assert targets and all(t.endswith("_proj") for t in targets)
+    experts = [t for t in targets if t in EXPERTS]
+    assert targets and all(t.endswith("_proj") for t in targets if t not in experts)
+    assert bool(experts) == (model_type in MOE)  # all-linear takes a mixture's experts
     for name in targets:
-        w = getattr(model.layers, name)[...].sharding.spec
-        a = getattr(model.lora, f"{name}_a")[...].sharding.spec
-        b = getattr(model.lora, f"{name}_b")[...].sharding.spec
-        assert (a[1], a[2]) == (w[1], None), (model_type, name, a, w)  # input axis follows, rank replicated
-        assert (b[1], b[2]) == (None, w[2]), (model_type, name, b, w)  # output axis follows
-        assert w[1] is not None or w[2] is not None  # the base weight really is sharded here
+        w = _spec(getattr(model.layers, name)[...])  # [L, (E,) in, out]
+        a = _spec(getattr(model.lora, f"{name}_a")[...])  # [L, (E,) in, r]
+        b = _spec(getattr(model.lora, f"{name}_b")[...])  # [L, (E,) r, out]
+        lead = w[1:-2]  # an expert stack's expert axis
+        assert a[1:] == (*lead, w[-2], None), (model_type, name, a, w)  # expert and input axes follow, rank replicated
+        assert b[1:] == (*lead, None, w[-1]), (model_type, name, b, w)  # expert and output axes follow
+        assert any(x is not None for x in w[1:])  # the base weight really is sharded here
+        assert name not in experts or w[1] == "fsdp"  # the experts are split over devices
 
 
 @pytest.mark.parametrize("model_type", ["gemma3_text", "phi3", "mixtral"])  # q/k norms + windows, split fused, MoE
@@ -164,6 +177,46 @@ def test_other_families_fresh_adapters_are_a_no_op_and_merge_equals_the_adapted_
     adapted = np.asarray(compiled_forward(model)(ids))
     assert np.abs(adapted - base).max() > 1e-3
     np.testing.assert_allclose(np.asarray(compiled_forward(merge_lora(model))(ids)), adapted, atol=5e-5)
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_expert_adapters_fresh_are_a_no_op_disabled_are_the_base_and_adapted_equals_merged_weights(model_type):
+    """One adapter pair per expert (a `[L,E,in,r]`, b `[L,E,r,out]`): fresh, the logits are the base's
+    exactly; disabled, too; with non-zero b, the adapted forward equals the forward of weights
+    `w + (alpha/r)·a·b` per layer and expert (computed here in NumPy)."""
+    config = tiny_config(families()[model_type])
+    model = init_model(config)
+    ids = IDS % config.vocab_size
+    base = np.asarray(compiled_forward(model)(ids))
+    add_lora(model, LoraSpec(rank=4, alpha=8.0, targets=EXPERTS))
+    assert model.lora.targets == EXPERTS
+    L, E, F, D = model.layers.expert_down.shape
+    assert model.lora.expert_down_a.shape == (L, E, F, 4) and model.lora.expert_down_b.shape == (L, E, 4, D)
+    np.testing.assert_array_equal(np.asarray(compiled_forward(model)(ids)), base)
+    _perturb(model)
+    adapted = np.asarray(compiled_forward(model)(ids))
+    assert np.abs(adapted - base).max() > 1e-3
+    np.testing.assert_array_equal(np.asarray(compiled_forward(adapters_disabled(model))(ids)), base)
+    merged = merge_lora(model)
+    for name in EXPERTS:
+        a, b = (np.asarray(getattr(model.lora, f"{name}_{s}")[...]) for s in "ab")
+        want = np.asarray(getattr(model.layers, name)[...]) + (8.0 / 4) * np.einsum("ledr,lerf->ledf", a, b)
+        np.testing.assert_allclose(np.asarray(getattr(merged.layers, name)[...]), want, rtol=0, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(np.asarray(compiled_forward(merged)(ids)), adapted, atol=5e-5)
+
+
+def test_all_linear_takes_a_mixtures_experts_not_its_router_and_unknown_names_fail_by_key():
+    for model_type in MOE:
+        config = tiny_config(families()[model_type])
+        assert resolve_targets(config, ALL_LINEAR) == ("q_proj", "k_proj", "v_proj", "o_proj", *EXPERTS)
+        assert resolve_targets(config, ["expert_down", "router", "q_proj"]) == ("q_proj", "router", "expert_down")
+        message = f"model.lora.targets: {model_type} has no projection 'experts'; choose from .*expert_up"
+        with pytest.raises(ConfigError, match=message) as err:
+            resolve_targets(config, ["q_proj", "experts"])
+        assert "\n" not in str(err.value)
+    dense = ModelConfig.from_hf_dict(preset_hf_config("tiny"), source="tiny")
+    with pytest.raises(ConfigError, match="model.lora.targets: llama has no projection 'expert_up'"):
+        resolve_targets(dense, ["expert_up"])
 
 
 def test_bad_rank_alpha_dropout_and_targets_fail_by_key():

@@ -1,7 +1,7 @@
 """LoRA through the training engine (`model.lora.*`), on the tiny preset: only adapters train and sit in
 the optimizer state, the reference is the base model exactly (not loaded, not copied), the export is
-merged and read by transformers, resume restores adapters and their optimizer state, and every
-preference objective (and SFT) trains with it."""
+merged and read by transformers, resume restores adapters and their optimizer state, every
+preference objective (and SFT) trains with it, and a mixture (Mixtral) trains its experts' adapters."""
 
 import json
 import math
@@ -110,6 +110,45 @@ def test_lora_export_is_merged_and_transformers_reads_it(lora_run):
     graphdef, state = nnx.split(merged)
     ours = np.asarray(jax.jit(lambda s: nnx.merge(graphdef, s)(jnp.asarray(ids)))(state))
     np.testing.assert_allclose(theirs, ours, atol=1e-4)
+
+
+def test_lora_on_a_mixture_trains_only_adapters_the_experts_included_and_exports_merged(tiny_dpo_overrides, tmp_path,
+                                                                                       byte_tokenizer):
+    """Mixtral, all-linear (attention and every expert's pair) on an fsdp 2 mesh (the experts split):
+    only adapters train and sit in the optimizer state, the expert adapters move, the base weights do
+    not, and the merged export reads back in transformers with the merged model's logits."""
+    from jaxalign.models import ModelConfig, families, init_model, load_model, save_pretrained
+    from tests.models.test_all_families import tiny_hf_config
+
+    hf = {**tiny_hf_config(families()["mixtral"]).to_dict(), "vocab_size": 320, "architectures": ["MixtralForCausalLM"]}
+    folder = save_pretrained(init_model(ModelConfig.from_hf_dict(hf, source="tiny mixtral")), byte_tokenizer,
+                             tmp_path / "mixtral")
+    trainer = Trainer(_config(tiny_dpo_overrides, tmp_path / "run", f"model.path={folder}", "model.preset=",
+                              "mesh.data=1", "mesh.fsdp=2", "train.steps=2", "train.export_hf=true"))
+    params = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(trainer.state["params"])}
+    experts = {f"lora.{n}_{s}" for n in ("expert_gate", "expert_up", "expert_down") for s in "ab"}
+    assert experts <= set(params) and all(isinstance(v, LoraParam) for v in params.values())
+    assert params["lora.expert_up_b"][...].sharding.spec[1] == "fsdp"  # the expert axis, as the base weight's
+    before = {n: np.asarray(v[...]) for n, v in params.items()}
+    base_before = _host(trainer.frozen["policy"])
+    moments = [x for x in jax.tree.leaves(trainer.state["opt_state"]) if x.ndim > 0]
+    assert sorted(x.shape for x in moments) == sorted([v.shape for v in before.values()] * 2)
+    result = trainer.run()
+    assert result.losses[0] == pytest.approx(LN2, abs=1e-6)  # fresh adapters: policy = reference
+    after = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(trainer.state["params"])}
+    assert [n for n in before if np.array_equal(before[n], after[n])] == []  # every adapter moved, experts' too
+    for old, new in zip(base_before, _host(trainer.frozen["policy"])):
+        np.testing.assert_array_equal(old, new)
+    ids = np.arange(2 * 16).reshape(2, 16) % 300
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(result.export_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor(ids)).logits.numpy()
+    merged = merge_lora(policy_model(trainer.graphdefs.policy, trainer.state["params"], trainer.frozen))
+    graphdef, state = nnx.split(merged)
+    ours = np.asarray(jax.jit(lambda s: nnx.merge(graphdef, s)(jnp.asarray(ids)))(state))
+    base = np.asarray(jax.jit(lambda s: nnx.merge(graphdef, s)(jnp.asarray(ids)))(nnx.state(load_model(folder))))
+    np.testing.assert_allclose(theirs, ours, atol=1e-4)
+    assert np.abs(theirs - base).max() > 1e-4  # the export holds the trained adapters, merged
 
 
 def test_lora_resume_restores_adapters_and_their_optimizer_state(tiny_dpo_overrides, tmp_path):
