@@ -300,11 +300,12 @@ def settings_of(loss: Any, name: Optional[str] = None) -> Any:
 
 
 def needs_model(spec: ObjectiveSpec, which: str, cfg: Any, columns: set[str]) -> bool:
-    """Whether the frozen ``which`` ("reference" | "teacher") model must be loaded for ``spec``.
+    """Whether the frozen ``which`` ("reference" | "teacher") model must be loaded for ``spec``, given the
+    ``loss`` section ``cfg`` and the data's columns.
 
     Not when the data carries its cached columns, unless a term needs its full distributions
     (token-level KD, ``loss.kd_weight`` > 0, needs the teacher itself unless ``loss.kd_cache`` holds them)."""
-    if which == "teacher" and spec.extra_terms and cfg.kd_weight > 0 and not getattr(cfg, "kd_cache", ""):
+    if which == "teacher" and spec.extra_terms and cfg.kd_weight > 0 and not cfg.kd_cache:
         return True
     frozen = {"reference": spec.reference, "teacher": spec.teacher}[which]
     if frozen is None:

@@ -61,6 +61,9 @@ def test_needs_model_from_the_spec_and_the_cached_columns():
     kd = LossConfig(name="dpo", kd_weight=0.5)
     assert needs_model(dpo, "teacher", kd, REF | TEACHER) and needs_model(dadpo, "teacher", kd, REF | TEACHER)
     assert not needs_model(rrhf, "teacher", kd, set())  # rrhf takes no extra terms
+    # ... unless the teacher's top-k distributions are cached (loss.kd_cache)
+    cached = LossConfig(name="dadpo", kd_weight=0.5, kd_cache="pairs.teacher_topk.parquet")
+    assert not needs_model(dadpo, "teacher", cached, REF | TEACHER) and needs_model(dadpo, "teacher", cached, REF)
 
 
 def test_loss_section_is_common_plus_every_objectives_settings():
