@@ -63,8 +63,9 @@ class LoraConfig:
     """Dropout rate on the adapters' input during training."""
 
     targets: List[str] = field(default_factory=lambda: ["all-linear"])
-    """Projections to adapt (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; router in MoE
-    families), or all-linear: every attention and MLP projection."""
+    """Projections to adapt (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; in MoE families
+    router and the experts expert_gate, expert_up, expert_down, one adapter pair per expert), or all-linear:
+    every attention and MLP projection and every expert (not the router)."""
 
 
 @dataclass
