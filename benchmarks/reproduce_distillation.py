@@ -292,8 +292,10 @@ class Study:
         missing = [n for n in DATA_STAGES if n not in names]
         if missing:
             raise SystemExit(f"main.yaml has no stage(s) {missing} (stages: {names}); the study runs its data stages")
+        from jaxalign.io.atomic import write_text_atomic
+
         path = self.work / "recipe.yaml"
-        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(recipe, sort_keys=False))  # a --report beside a running study
         return path
 
     @property
@@ -768,7 +770,11 @@ def _cell(x: dict | None, digits: int = 4) -> str:
 
 
 def _ci(x: dict | None, digits: int = 4) -> str:
-    return "" if not x else f"{x['mean']:+.{digits}f} [{x['low']:+.{digits}f}, {x['high']:+.{digits}f}]"
+    if not x:
+        return ""
+    if x["n"] < 2:  # one seed (e.g. the length-averaged method): a difference, no interval
+        return f"{x['mean']:+.{digits}f} (1 seed)"
+    return f"{x['mean']:+.{digits}f} [{x['low']:+.{digits}f}, {x['high']:+.{digits}f}]"
 
 
 def markdown(summary: dict, plan: dict, size: Size, seconds: float | None) -> str:
@@ -855,7 +861,8 @@ def plot(summary: dict, runs: dict[str, list[Path]], out: Path) -> list[Path]:
 
 def write_results(study: Study, plan: dict, seconds: float | None, out: Path) -> dict:
     methods = study.methods(plan)
-    summary = summarise(load_records(study.work), methods, plan, study.probe_lengths())
+    lengths = study.probe_lengths() if any(m.get("average") for m in methods.values()) else None
+    summary = summarise(load_records(study.work), methods, plan, lengths)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = {m: [study.run_dir(m, s) / "metrics.jsonl" for s in study.seeds_of(spec)] for m, spec in methods.items()}
     plots = plot(summary, runs, out)
@@ -892,6 +899,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help=f"tiny end-to-end run ({SMOKE}); default work folder runs/distillation-smoke")
     p.add_argument("--plan", action="store_true", help="print the sizes and the time estimate, run nothing")
+    p.add_argument("--report", action="store_true",
+                   help="write the results of the units finished so far (a study running or stopped part-way); run nothing")
     p.add_argument("--work", default="", help="work folder (default runs/distillation, or runs/distillation-smoke)")
     p.add_argument("--out", default="", help="results prefix: <out>.json, <out>.md, <out>_<measure>.png (default <work>/results)")
     p.add_argument("--rates", default="", help="timings.jsonl of another run (e.g. a smoke run) for the estimates")
@@ -914,11 +923,17 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     study = Study(size, work, rates, args.overrides)
+    out = Path(args.out) if args.out else work / "results"
+    if args.report:
+        if not (work / "plan.json").is_file():
+            raise SystemExit(f"{work}: no plan.json yet (the data stages have not finished); nothing to report")
+        write_results(study, study.plan(), None, out)
+        return
     enable_compile_cache(work / "xla_cache")
     print(json.dumps(dataclasses.asdict(size)), flush=True)
     print_study_estimate(size, study.clock)
     plan = study.run()
-    write_results(study, plan, time.perf_counter() - start, Path(args.out) if args.out else work / "results")
+    write_results(study, plan, time.perf_counter() - start, out)
 
 
 if __name__ == "__main__":

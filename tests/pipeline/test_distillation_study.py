@@ -156,6 +156,40 @@ def test_summarise_pairs_methods_by_seed(study):
     assert "| dadpo-0.01 − ddpo | 4 | 1.00 |" in md
 
 
+def test_a_one_seed_difference_is_shown_without_an_interval(study):
+    one = study.paired_interval([1.8], [1.9])
+    assert study._ci(one) == "-0.1000 (1 seed)"
+    assert study._ci(study.paired_interval([1.8, 1.95], [1.9, 2.0])).startswith("-0.0750 [")
+
+
+def test_report_writes_the_results_of_the_finished_units(study, tmp_path):
+    size = ["--train-prompts", "16", "--seeds", "2", "--epochs", "1", "--evals-per-epoch", "1",
+            "--average-logps-seeds", "0"]
+    with pytest.raises(SystemExit, match="nothing to report"):
+        study.main(["--report", "--work", str(tmp_path), *size])
+    s = study.Study(study.Size(train_prompts=16, seeds=2, epochs=1, evals_per_epoch=1, average_logps_seeds=0),
+                    tmp_path, None, [])
+    (s.data / "dsft" / "hf").mkdir(parents=True)
+    (s.data / "dsft" / "hf" / "config.json").write_text("{}")
+    s.scored.write_text("{}\n")
+    plan = {"beta": 0.1, "beta_teacher": [0.01], "why": "x", "pairs": 16, "usable_pairs": 16, "steps_per_epoch": 2,
+            "data": s._data_fingerprints()}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    probe = {"rows": [0], "policy_chosen": [-10.0], "policy_rejected": [-20.0], "ref_chosen_logps": [-11.0],
+             "ref_rejected_logps": [-19.0], "teacher_chosen_logps": [-5.0], "teacher_rejected_logps": [-30.0]}
+    # seed 0 finished its one checkpoint (step 2) for both methods; seed 1 only its dSFT evaluation
+    done = [("dsft", 0, 0), ("dsft", 1, 0), ("ddpo", 0, 2), ("dadpo-0.01", 0, 2)]
+    for i, (model, seed, step) in enumerate(done):
+        s.eval_path(model, seed, step).parent.mkdir(parents=True, exist_ok=True)
+        s.eval_path(model, seed, step).write_text(json.dumps(_record(model, seed, step, 2.0 - 0.1 * i, probe)))
+    study.main(["--report", "--work", str(tmp_path), *size])
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["method"], r["step"]): r["kl_to_teacher"] for r in results["table"]}
+    assert rows["ddpo", 0]["seeds"] == 2 and rows["ddpo", 2] == {"mean": pytest.approx(1.8), "sd": 0.0, "seeds": 1}
+    assert "| dadpo-0.01 − ddpo | 2 | 1.00 | -0.1000 (1 seed) |" in (tmp_path / "results.md").read_text()
+    assert not (tmp_path / "train").exists()  # nothing trained
+
+
 def test_rerun_refuses_other_settings_but_may_extend(study, tmp_path):
     size = study.Size(train_prompts=16, seeds=2, epochs=1)
     first = study.Study(size, tmp_path, None, ["prune.fraction=0.3"])
