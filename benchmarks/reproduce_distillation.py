@@ -81,7 +81,7 @@ class Size:
     train_prompts: int = 256
     heldout_prompts: int = 64
     seeds: int = 3
-    epochs: int = 1  # what ~100 minutes on 2 cores allow; --epochs 2 later continues the same runs
+    epochs: int = 3  # until dDPO's mean σ(−z) < 0.2 (issue 12); one epoch is ~70 min on 2 quiet cores
     evals_per_epoch: int = 2
     probe_pairs: int = 32
     max_new_tokens: int = 16  # short enough for the ~100-minute budget (main.yaml: 24)
