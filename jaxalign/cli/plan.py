@@ -2,7 +2,8 @@
 
 Compiles the recipe's train step ahead of time for a mesh of N devices from the models' config.json
 files alone (abstract arrays, no weights) and prints per-device parameter, optimizer-state,
-frozen-model (reference, teacher) and XLA temp bytes with their total, and the step's FLOPs. On a
+frozen-model (reference, teacher), batch (with `loss.kd_cache`: the cached top-k arrays) and XLA temp bytes
+with their total, and the step's FLOPs. On a
 CPU-only machine the command makes N virtual CPU devices before jax starts. Over `--memory-gb` it
 lists what would fit. See `jaxalign.train.plan` and docs/scale.md.
 """

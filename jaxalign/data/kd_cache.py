@@ -30,7 +30,8 @@ from jaxalign.data.collate import Examples
 from jaxalign.data.errors import DataError
 from jaxalign.io.atomic import atomic_path
 
-__all__ = ["METADATA_KEY", "SIDES", "TopKCache", "TopKCacheWriter", "response_targets", "responses_digest"]
+__all__ = ["METADATA_KEY", "SIDES", "TopKCache", "TopKCacheWriter", "read_record", "response_targets",
+           "responses_digest"]
 
 #: Key of the record in the Parquet schema metadata.
 METADATA_KEY = b"jaxalign.kd_cache"
@@ -144,6 +145,37 @@ class _Ragged:
         return self.values[self.offsets[j]:self.offsets[j + 1]]
 
 
+def _record(metadata: Mapping[bytes, bytes] | None, path: Path, key: str) -> dict:
+    """The ``jaxalign.kd_cache`` record of a cache file's schema metadata (``DataError`` when it has none)."""
+    raw = (metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise DataError(f"{key}={path}: not a jaxalign top-k cache (no {METADATA_KEY.decode()} metadata)")
+    return json.loads(raw)
+
+
+def _missing(path: Path, key: str) -> DataError:
+    return DataError(f"{key}={path}: no such file (write it with `jaxalign score` and score.teacher_top_k)")
+
+
+def _unreadable(path: Path, key: str, e: Exception) -> DataError:
+    return DataError(f"{key}={path}: not a readable Parquet file ({type(e).__name__}: {e})")
+
+
+def read_record(path: str | Path, *, key: str = "loss.kd_cache") -> dict:
+    """A cache file's metadata record (``k``, ``vocab_size``, ...), read from the Parquet footer only: no
+    table is loaded (``jaxalign plan`` sizes the top-k arrays from it)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, key)
+    try:
+        schema = pq.read_schema(str(path))
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise _unreadable(path, key, e) from None
+    return _record(schema.metadata, path, key)
+
+
 class TopKCache:
     """A cache file loaded for training: ``record`` (its metadata), ``k``, and per row and side the arrays.
 
@@ -156,15 +188,12 @@ class TopKCache:
 
         self.path, self.key = Path(path), key
         if not self.path.is_file():
-            raise DataError(f"{key}={self.path}: no such file (write it with `jaxalign score` and score.teacher_top_k)")
+            raise _missing(self.path, key)
         try:
             table = pq.read_table(str(self.path))
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise DataError(f"{key}={self.path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        if raw is None:
-            raise DataError(f"{key}={self.path}: not a jaxalign top-k cache (no {METADATA_KEY.decode()} metadata)")
-        self.record: dict = json.loads(raw)
+            raise _unreadable(self.path, key, e) from None
+        self.record: dict = _record(table.schema.metadata, self.path, key)
         self.k = int(self.record["k"])
         self._rows = {int(r): j for j, r in enumerate(table.column("row").to_pylist())}
         self._cols = {f"{s}_{f}": _Ragged(table.column(f"{s}_{f}")) for s in SIDES for f in _FIELDS}

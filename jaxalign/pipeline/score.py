@@ -56,7 +56,7 @@ from jaxalign.train.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScoreResult", "attach_kd_cache", "kd_cache_path", "run_score"]
+__all__ = ["ScoreResult", "attach_kd_cache", "check_kd_top_k", "kd_cache_path", "kd_cache_sides", "run_score"]
 
 _ROW = "row"  # key of the staged per-row results
 
@@ -166,6 +166,17 @@ def _kd_cache_record(config: Config, vocab_size: int) -> dict:
             "source": source_digest(config.score.input or config.data.path), **data_settings(config.data)}
 
 
+def kd_cache_sides(loss) -> tuple[str, ...]:
+    """The sides whose cached top-k arrays a batch carries: those of ``loss.kd_on``."""
+    return KD_CACHE_SIDES if loss.kd_on == "both" else (loss.kd_on,)
+
+
+def check_kd_top_k(loss, k: int) -> None:
+    """``loss.kd_top_k`` can use at most the cache's ``k`` entries per position (``ConfigError`` otherwise)."""
+    if loss.kd_top_k > k:
+        raise ConfigError(f"loss.kd_top_k={loss.kd_top_k} exceeds the k={k} of loss.kd_cache={loss.kd_cache}")
+
+
 def attach_kd_cache(config: Config, spec, data, vocab_size: int) -> TopKCache | None:
     """Training from cached teacher distributions (``loss.kd_cache``): load the cache, check it fits this run and
     add its arrays to ``data``'s batches (the ``loss.kd_on`` sides); None when there is nothing to do.
@@ -192,15 +203,14 @@ def attach_kd_cache(config: Config, spec, data, vocab_size: int) -> TopKCache | 
     if cache.record.get("vocab_size") != vocab_size:
         raise DataError(f"{key}={path} was made for vocab size {cache.record.get('vocab_size')} but the policy "
                         f"(model) has {vocab_size}: teacher and student must share a tokenizer; {regenerate}")
-    if loss.kd_top_k > cache.k:
-        raise ConfigError(f"loss.kd_top_k={loss.kd_top_k} exceeds the k={cache.k} of {key}={path}")
+    check_kd_top_k(loss, cache.k)
     if not config.data.ignore_provenance:
         current = {"tokenizer": spec_fingerprint(config.model, tokenizer_only=True), **data_settings(config.data)}
         if config.teacher.is_set():
             current["teacher"] = spec_fingerprint(config.teacher)
         check_match(f"{key}={path}", {k: cache.record.get(k) for k in current}, current, regenerate=regenerate)
     cache.match(data.examples, data.describe_row)
-    data.collator.use_topk(cache, KD_CACHE_SIDES if loss.kd_on == "both" else (loss.kd_on,))
+    data.collator.use_topk(cache, kd_cache_sides(loss))
     log.info("train: token-level distillation from %s (k=%d, %d rows)", path, cache.k, cache.record.get("rows", -1))
     return cache
 

@@ -13,6 +13,11 @@ layer, then each architecture at 2 layers; per-layer FLOPs are the differences, 
 FLOPs ``F(1) + sum_g (L_g - 1) * (F_g(2) - F(1))`` (the whole batch as one micro-batch: gradient
 accumulation changes memory, not FLOPs). The analytic figure ``6·N·tokens + 2·N_frozen·tokens`` is printed next
 to it (N: parameters used in matmuls; tokens: chosen + rejected positions).
+
+With ``loss.kd_cache`` and ``loss.kd_weight`` > 0 the batch carries the cached teacher's top-k arrays of the
+``loss.kd_on`` sides (``{side}_topk_ids``/``_logps`` ``[B, T, k]``, ``{side}_topk_residual`` ``[B, T]``), k from
+the cache's metadata or, before scoring, ``score.teacher_top_k``; the teacher is planned only if
+``needs_model`` says the trainer would load it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import dataclasses
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -32,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxalign.config.presets import preset_hf_config
 from jaxalign.config.schema import Config, ConfigError, ModelSpec
 from jaxalign.data.collate import Collator, Examples
+from jaxalign.data.kd_cache import read_record
 from jaxalign.models import ModelConfig, init_model
 from jaxalign.models.lora import LoraSpec, add_lora, split_trainable
 from jaxalign.objectives import ObjectiveContext, get_objective, needs_model
@@ -40,6 +47,7 @@ from jaxalign.objectives.dpo import REFERENCE_COLUMNS
 from jaxalign.parallel.distributed import batch_sharding
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.parallel.sharding import param_name, param_sharding
+from jaxalign.pipeline.score import check_kd_top_k, kd_cache_sides
 from jaxalign.train.build import lora_optimizer_config, lora_spec, lora_trained_base
 from jaxalign.train.optimizer import build_optimizer, frozen_mask, optimizer_state_shardings
 from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
@@ -139,9 +147,30 @@ def optimizer_state(tx, params, replicated):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def synthetic_batch(config: Config, task: str, rows: int, extras: tuple[str, ...]) -> dict[str, np.ndarray]:
+def kd_cache_k(config: Config) -> int | None:
+    """k of the cached teacher distributions the run trains from (None without ``loss.kd_cache`` or KD term):
+    the cache file's metadata when it exists (the table is not read), else ``score.teacher_top_k`` (planning
+    before scoring). ``ConfigError`` when neither gives it, or ``loss.kd_top_k`` exceeds it."""
+    loss = config.loss
+    if not loss.kd_cache or loss.kd_weight == 0:
+        return None
+    if Path(loss.kd_cache).is_file():
+        k = int(read_record(loss.kd_cache)["k"])
+    elif config.score.teacher_top_k > 0:
+        k = config.score.teacher_top_k
+    else:
+        raise ConfigError(f"loss.kd_cache={loss.kd_cache}: no such file yet, so its k is unknown; write it with "
+                          "`jaxalign score` first or set score.teacher_top_k=K (the k it will be written with)")
+    check_kd_top_k(loss, k)
+    return k
+
+
+def synthetic_batch(config: Config, task: str, rows: int, extras: tuple[str, ...],
+                    kd_k: int | None = None) -> dict[str, np.ndarray]:
     """A batch of ``rows`` full-length rows laid out by the data collator (prompt ``max_prompt_length``,
-    response the rest of ``max_length``); ``extras`` are float columns such as cached log-probs."""
+    response the rest of ``max_length``); ``extras`` are float columns such as cached log-probs; ``kd_k``:
+    the ``loss.kd_on`` sides also carry cached top-k arrays ``[rows, T, kd_k]`` int32/float32 and the
+    residual ``[rows, T]`` float32, as ``Collator.use_topk`` adds them."""
     d = config.data
     prompt_len = d.prompt_limit
     if task == "pairwise":
@@ -157,6 +186,11 @@ def synthetic_batch(config: Config, task: str, rows: int, extras: tuple[str, ...
                         max_length=d.max_length, eos_id=1, pairwise_ids=pieces)
     batch = collator([(i,) for i in range(rows)])
     batch.pop("row_id")
+    for side in kd_cache_sides(config.loss) if kd_k else ():
+        T = batch[f"{side}_input_ids"].shape[1]
+        batch[f"{side}_topk_ids"] = np.zeros((rows, T, kd_k), np.int32)
+        batch[f"{side}_topk_logps"] = np.zeros((rows, T, kd_k), np.float32)
+        batch[f"{side}_topk_residual"] = np.zeros((rows, T), np.float32)
     return batch
 
 
@@ -174,8 +208,9 @@ class _Step:
 
 
 def _build_step(config: Config, mesh, *, cached: tuple[str, ...], rows: int, grad_accum: int,
-                layers: dict[str, int] | None = None, layer_loop: str | None = None) -> _Step:
-    """The trainer's train step over abstract arrays on ``mesh`` (``layers``: per model key, for FLOPs)."""
+                layers: dict[str, int] | None = None, layer_loop: str | None = None, kd_k: int | None = None) -> _Step:
+    """The trainer's train step over abstract arrays on ``mesh`` (``layers``: per model key, for FLOPs;
+    ``kd_k``: the batch carries cached top-k arrays, see ``kd_cache_k``)."""
     spec = get_objective(config.loss.name)
     layers = layers or {}
     columns = tuple(c for which in cached for c in CACHED_COLUMNS[which])
@@ -218,7 +253,7 @@ def _build_step(config: Config, mesh, *, cached: tuple[str, ...], rows: int, gra
     key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
     state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), "params": params,
              "opt_state": opt_state, "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=replicated)}
-    host = synthetic_batch(config, spec.task, rows, columns)
+    host = synthetic_batch(config, spec.task, rows, columns, kd_k)
     sharding = batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
     tokens = int(sum(v.size for k, v in host.items() if k.endswith("input_ids")))
@@ -238,7 +273,7 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", 0.0))
 
 
-def step_flops(config: Config, *, cached: tuple[str, ...], rows: int) -> float:
+def step_flops(config: Config, *, cached: tuple[str, ...], rows: int, kd_k: int | None = None) -> float:
     """FLOPs of one step over ``rows`` rows (as one micro-batch), from unrolled 1- and 2-layer single-device
     compiles (see module doc)."""
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -253,7 +288,8 @@ def step_flops(config: Config, *, cached: tuple[str, ...], rows: int) -> float:
 
     def measure(layers):
         with jax.set_mesh(mesh):
-            s = _build_step(config, mesh, cached=cached, rows=rows, grad_accum=1, layers=layers, layer_loop="unroll")
+            s = _build_step(config, mesh, cached=cached, rows=rows, grad_accum=1, layers=layers, layer_loop="unroll",
+                            kd_k=kd_k)
             return _flops(s.fn.lower(s.state, s.frozen, s.batch).compile())
 
     ones = {g: 1 for g in groups}
@@ -277,9 +313,10 @@ def plan_train(config: Config, *, devices: int, cached: tuple[str, ...] = (), fl
     if (B // accum) % shards:
         raise ConfigError(f"data.batch_size={B} (per micro-batch {B // accum}) is not divisible by the batch shards "
                           f"mesh.data x mesh.fsdp = {shards}")
+    kd_k = kd_cache_k(config)
     start = time.perf_counter()
     with jax.set_mesh(mesh):
-        step = _build_step(config, mesh, cached=cached, rows=B, grad_accum=accum)
+        step = _build_step(config, mesh, cached=cached, rows=B, grad_accum=accum, kd_k=kd_k)
         compiled = step.fn.lower(step.state, step.frozen, step.batch).compile()
     compile_seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
@@ -290,7 +327,7 @@ def plan_train(config: Config, *, devices: int, cached: tuple[str, ...] = (), fl
            "temp": int(mem.temp_size_in_bytes)}
     per["total"] = sum(per.values())
     start = time.perf_counter()
-    measured = step_flops(config, cached=cached, rows=B) if flops else float("nan")
+    measured = step_flops(config, cached=cached, rows=B, kd_k=kd_k) if flops else float("nan")
     flops_seconds = time.perf_counter() - start
     n_frozen = sum(v for k, v in step.matmul_per_model.items() if k != "policy")
     analytic = 6.0 * step.matmul_per_model["policy"] * step.tokens + 2.0 * n_frozen * step.tokens
@@ -298,7 +335,7 @@ def plan_train(config: Config, *, devices: int, cached: tuple[str, ...] = (), fl
                 "grad_accum_steps": accum, "remat": config.model.remat, "dtype": config.model.dtype,
                 "param_dtype": config.model.param_dtype, "optimizer": config.optimizer.name,
                 "models_in_step": sorted(step.params_per_model), "cached": sorted(cached),
-                "attention": config.model.attention}
+                "attention": config.model.attention, "kd_cache_k": kd_k}
     return TrainPlan(devices=devices, mesh=dict(mesh.shape), per_device_bytes=per, param_counts=step.params_per_model,
                      flops_per_step=measured, flops_analytic=analytic, tokens_per_step=step.tokens,
                      xla_argument_bytes=int(mem.argument_size_in_bytes), compile_seconds=compile_seconds,
@@ -371,6 +408,8 @@ def format_plan(plan: TrainPlan, budget_gb: float | None = None) -> str:
         + (f"; cached: {', '.join(s['cached'])}" if s["cached"] else ""),
         "per device:",
     ]
+    if s.get("kd_cache_k"):
+        lines.insert(2, f"cached teacher distributions (loss.kd_cache): top-{s['kd_cache_k']} per position in the batch")
     for k in ("params", "optimizer", "frozen", "batch", "temp", "total"):
         lines.append(f"  {k:<10} {per[k] / GIB:10.2f} GiB")
     lines.append(f"  (XLA's own argument size per device: {plan.xla_argument_bytes / GIB:.2f} GiB)")

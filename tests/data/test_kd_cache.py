@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxalign.data import Collator, DataError, Examples
-from jaxalign.data.kd_cache import SIDES, TopKCache, TopKCacheWriter, response_targets
+from jaxalign.data.kd_cache import SIDES, TopKCache, TopKCacheWriter, read_record, response_targets
 
 K = 3
 
@@ -114,3 +114,20 @@ def test_finish_refuses_a_cache_missing_scored_rows(tmp_path):
     with pytest.raises(DataError, match=r"no entry for scored row\(s\) \[10\]"):
         writer.finish([10], {})
     assert not (tmp_path / "c.parquet").exists()
+
+
+def test_read_record_reads_the_metadata_alone_with_the_same_errors(tmp_path):
+    path = _write_cache(tmp_path / "c.parquet", _examples())
+    record = read_record(path)
+    assert record == TopKCache(path).record and record["k"] == K and record["vocab_size"] == 64
+    with pytest.raises(DataError, match=r"loss.kd_cache=.*nope.parquet: no such file"):
+        read_record(tmp_path / "nope.parquet")
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match=r"junk.parquet: not a readable Parquet file"):
+        read_record(tmp_path / "junk.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"row": [0]}), str(tmp_path / "plain.parquet"))
+    with pytest.raises(DataError, match=r"plain.parquet: not a jaxalign top-k cache"):
+        read_record(tmp_path / "plain.parquet")

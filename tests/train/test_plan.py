@@ -4,13 +4,16 @@ FLOPs corrected for the layer scan, advice over a budget, and the CLI's JSON (ti
 import json
 
 import jax
+import numpy as np
 import pytest
 
 from jaxalign.cli.main import main
 from jaxalign.config import load_config
 from jaxalign.config.presets import preset_hf_config
 from jaxalign.parallel.mesh import make_mesh
-from jaxalign.train.plan import GIB, _build_step, _flops, plan_train, step_flops, suggest
+from jaxalign.config.schema import ConfigError
+from jaxalign.data.kd_cache import SIDES, TopKCacheWriter
+from jaxalign.train.plan import GIB, _build_step, _flops, format_plan, kd_cache_k, plan_train, step_flops, suggest
 
 STEP_OVERRIDES = ["data.batch_size=8", "data.max_length=32", "data.max_prompt_length=16", "model.dtype=float32",
                   "model.remat=none", "teacher.dtype=float32"]
@@ -67,3 +70,50 @@ def test_flops_corrected_for_the_layer_scan_equal_a_fully_unrolled_compile(shape
         once = _flops(scanned.fn.lower(scanned.state, scanned.frozen, scanned.batch).compile())
     assert corrected == pytest.approx(unrolled, rel=0.02)
     assert once < 0.9 * unrolled  # what the correction is for: the scan body is counted once
+
+
+KD_PRESETS = ["model.path=", "model.preset=tiny", "teacher.path=", "teacher.preset=tiny", "loss.name=dadpo"]
+
+
+def _kd_config(tmp_path, *overrides):
+    return load_config("configs/dadpo.yaml", [*KD_PRESETS, *STEP_OVERRIDES, "loss.kd_weight=0.5",
+                                              f"loss.kd_cache={tmp_path / 'train.teacher_topk.parquet'}", *overrides])
+
+
+def test_kd_cache_plan_carries_the_topk_arrays_and_no_teacher(tmp_path):
+    """Teacher columns and distributions cached: the trainer loads no teacher, the batch grows by the top-k arrays."""
+    kd = plan_train(_kd_config(tmp_path, "score.teacher_top_k=4", "loss.kd_on=both", "mesh.fsdp=2"),
+                    devices=2, cached=("teacher",), flops=False)
+    plain = plan_train(_kd_config(tmp_path, "loss.kd_weight=0", "mesh.fsdp=2"), devices=2, cached=("teacher",),
+                       flops=False)
+    assert set(kd.param_counts) == {"policy", "reference"}
+    B, T, k, sides, shards = 8, 32, 4, 2, 2
+    topk = sides * (B * T * k * (4 + 4) + B * T * 4) // shards
+    assert kd.per_device_bytes["batch"] == plain.per_device_bytes["batch"] + topk
+    assert kd.settings["kd_cache_k"] == 4 and plain.settings["kd_cache_k"] is None
+    assert "top-4" in format_plan(kd) and "top-" not in format_plan(plain)
+
+
+def _write_cache(path, k):
+    writer = TopKCacheWriter(path, k)
+    row = {"row": 0}
+    for side in SIDES:
+        row |= {f"{side}_targets": np.array([5, 6], np.int32), f"{side}_topk_ids": np.zeros((2, k), np.int32),
+                f"{side}_topk_logps": np.zeros((2, k), np.float32), f"{side}_topk_residual": np.zeros(2, np.float32)}
+    writer.write([row])
+    return writer.finish([0], {"vocab_size": 256})
+
+
+def test_kd_cache_k_from_the_file_s_metadata_else_score_teacher_top_k(tmp_path):
+    assert kd_cache_k(_kd_config(tmp_path, "score.teacher_top_k=4")) == 4  # planning before scoring
+    _write_cache(tmp_path / "train.teacher_topk.parquet", 3)
+    assert kd_cache_k(_kd_config(tmp_path, "score.teacher_top_k=4")) == 3  # the written file wins
+    assert kd_cache_k(_kd_config(tmp_path, "loss.kd_top_k=3")) == 3
+    with pytest.raises(ConfigError, match="loss.kd_top_k=4 exceeds the k=3"):
+        kd_cache_k(_kd_config(tmp_path, "loss.kd_top_k=4"))
+    assert kd_cache_k(_kd_config(tmp_path, "loss.kd_weight=0")) is None
+
+
+def test_kd_cache_k_unknown_is_refused_naming_loss_kd_cache(tmp_path):
+    with pytest.raises(ConfigError, match=r"loss.kd_cache=.*score.teacher_top_k"):
+        kd_cache_k(_kd_config(tmp_path))
