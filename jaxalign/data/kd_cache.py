@@ -28,15 +28,40 @@ import numpy as np
 
 from jaxalign.data.collate import Examples
 from jaxalign.data.errors import DataError
+from jaxalign.errors import ConfigError
 from jaxalign.io.atomic import atomic_path
 
-__all__ = ["METADATA_KEY", "SIDES", "TopKCache", "TopKCacheWriter", "read_record", "response_targets",
-           "responses_digest"]
+__all__ = ["METADATA_KEY", "SIDES", "TopKCache", "TopKCacheWriter", "batch_sides", "check_settings", "check_top_k",
+           "read_record", "response_targets", "responses_digest"]
 
 #: Key of the record in the Parquet schema metadata.
 METADATA_KEY = b"jaxalign.kd_cache"
 SIDES = ("chosen", "rejected")
 _FIELDS = ("targets", "topk_ids", "topk_logps", "topk_residual")
+_KEY = "loss.kd_cache"
+
+
+def batch_sides(loss) -> tuple[str, ...]:
+    """The sides whose cached top-k arrays a batch carries: those of ``loss.kd_on``."""
+    return SIDES if loss.kd_on == "both" else (loss.kd_on,)
+
+
+def check_settings(loss, eval_data: str | None) -> None:
+    """A cache holds temperature-1 log-probs of ``data.path`` only: ``ConfigError`` for ``loss.kd_temperature``
+    other than 1 or a set ``eval_data``."""
+    path = loss.kd_cache
+    if loss.kd_temperature != 1:
+        raise ConfigError(f"{_KEY}={path} holds temperature-1 log-probs; loss.kd_temperature={loss.kd_temperature} "
+                          "needs the teacher in the step (unset loss.kd_cache) or set loss.kd_temperature=1")
+    if eval_data:
+        raise ConfigError(f"{_KEY}={path} covers data.path only, not eval_data={eval_data}; unset eval_data "
+                          "(evaluate with the `eval` stage) or unset loss.kd_cache")
+
+
+def check_top_k(loss, k: int) -> None:
+    """``loss.kd_top_k`` can use at most the cache's ``k`` entries per position (``ConfigError`` otherwise)."""
+    if loss.kd_top_k > k:
+        raise ConfigError(f"loss.kd_top_k={loss.kd_top_k} exceeds the k={k} of {_KEY}={loss.kd_cache}")
 
 
 def response_targets(examples: Examples, i: int, side: str) -> np.ndarray:

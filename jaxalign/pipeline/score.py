@@ -40,8 +40,7 @@ import numpy as np
 from flax import nnx
 
 from jaxalign.config.schema import Config, ConfigError
-from jaxalign.data import DataError, prepare
-from jaxalign.data.kd_cache import SIDES as KD_CACHE_SIDES
+from jaxalign.data import DataError, kd_cache, prepare
 from jaxalign.data.kd_cache import TopKCache, TopKCacheWriter
 from jaxalign.losses import antisymmetric_difference, rdo_weights
 from jaxalign.objectives.dadpo import TEACHER_COLUMNS
@@ -56,7 +55,7 @@ from jaxalign.train.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScoreResult", "attach_kd_cache", "check_kd_top_k", "kd_cache_path", "kd_cache_sides", "run_score"]
+__all__ = ["ScoreResult", "attach_kd_cache", "kd_cache_path", "run_score"]
 
 _ROW = "row"  # key of the staged per-row results
 
@@ -166,17 +165,6 @@ def _kd_cache_record(config: Config, vocab_size: int) -> dict:
             "source": source_digest(config.score.input or config.data.path), **data_settings(config.data)}
 
 
-def kd_cache_sides(loss) -> tuple[str, ...]:
-    """The sides whose cached top-k arrays a batch carries: those of ``loss.kd_on``."""
-    return KD_CACHE_SIDES if loss.kd_on == "both" else (loss.kd_on,)
-
-
-def check_kd_top_k(loss, k: int) -> None:
-    """``loss.kd_top_k`` can use at most the cache's ``k`` entries per position (``ConfigError`` otherwise)."""
-    if loss.kd_top_k > k:
-        raise ConfigError(f"loss.kd_top_k={loss.kd_top_k} exceeds the k={k} of loss.kd_cache={loss.kd_cache}")
-
-
 def attach_kd_cache(config: Config, spec, data, vocab_size: int) -> TopKCache | None:
     """Training from cached teacher distributions (``loss.kd_cache``): load the cache, check it fits this run and
     add its arrays to ``data``'s batches (the ``loss.kd_on`` sides); None when there is nothing to do.
@@ -192,25 +180,20 @@ def attach_kd_cache(config: Config, spec, data, vocab_size: int) -> TopKCache | 
         return None
     if not spec.extra_terms or spec.task != "preference":
         raise ConfigError(f"{key}={path}: loss.name={loss.name!r} has no token-level distillation term to feed")
-    if loss.kd_temperature != 1:
-        raise ConfigError(f"{key}={path} holds temperature-1 log-probs; loss.kd_temperature={loss.kd_temperature} "
-                          "needs the teacher in the step (unset loss.kd_cache) or set loss.kd_temperature=1")
-    if config.eval_data:
-        raise ConfigError(f"{key}={path} covers data.path only, not eval_data={config.eval_data}; unset eval_data "
-                          "(evaluate with the `eval` stage) or unset loss.kd_cache")
+    kd_cache.check_settings(loss, config.eval_data)
     cache = TopKCache(path, key=key)
     regenerate = f"rerun `jaxalign score` with score.teacher_top_k and this run's settings to rewrite {path}"
     if cache.record.get("vocab_size") != vocab_size:
         raise DataError(f"{key}={path} was made for vocab size {cache.record.get('vocab_size')} but the policy "
                         f"(model) has {vocab_size}: teacher and student must share a tokenizer; {regenerate}")
-    check_kd_top_k(loss, cache.k)
+    kd_cache.check_top_k(loss, cache.k)
     if not config.data.ignore_provenance:
         current = {"tokenizer": spec_fingerprint(config.model, tokenizer_only=True), **data_settings(config.data)}
         if config.teacher.is_set():
             current["teacher"] = spec_fingerprint(config.teacher)
         check_match(f"{key}={path}", {k: cache.record.get(k) for k in current}, current, regenerate=regenerate)
     cache.match(data.examples, data.describe_row)
-    data.collator.use_topk(cache, kd_cache_sides(loss))
+    data.collator.use_topk(cache, kd_cache.batch_sides(loss))
     log.info("train: token-level distillation from %s (k=%d, %d rows)", path, cache.k, cache.record.get("rows", -1))
     return cache
 
@@ -218,7 +201,7 @@ def attach_kd_cache(config: Config, spec, data, vocab_size: int) -> TopKCache | 
 def _cache_row(host: dict, h: int, values: dict, v: int, row: int) -> dict:
     """One pair's top-k cache entry: per side, the scored positions' target ids and teacher arrays."""
     entry = {"row": row}
-    for side in KD_CACHE_SIDES:
+    for side in kd_cache.SIDES:
         pos = np.flatnonzero(host[f"{side}_loss_mask"][h, 1:])
         entry[f"{side}_targets"] = host[f"{side}_input_ids"][h, 1:][pos]
         for name in ("ids", "logps", "residual"):

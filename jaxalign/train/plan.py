@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxalign.config.presets import preset_hf_config
 from jaxalign.config.schema import Config, ConfigError, ModelSpec
 from jaxalign.data.collate import Collator, Examples
-from jaxalign.data.kd_cache import read_record
+from jaxalign.data import kd_cache
 from jaxalign.models import ModelConfig, init_model
 from jaxalign.models.lora import LoraSpec, add_lora, split_trainable
 from jaxalign.objectives import ObjectiveContext, get_objective, needs_model
@@ -47,7 +47,6 @@ from jaxalign.objectives.dpo import REFERENCE_COLUMNS
 from jaxalign.parallel.distributed import batch_sharding
 from jaxalign.parallel.mesh import make_mesh
 from jaxalign.parallel.sharding import param_name, param_sharding
-from jaxalign.pipeline.score import check_kd_top_k, kd_cache_sides
 from jaxalign.train.build import lora_optimizer_config, lora_spec, lora_trained_base
 from jaxalign.train.optimizer import build_optimizer, frozen_mask, optimizer_state_shardings
 from jaxalign.train.step import GraphDefs, make_loss_fn, make_train_step
@@ -150,18 +149,20 @@ def optimizer_state(tx, params, replicated):
 def kd_cache_k(config: Config) -> int | None:
     """k of the cached teacher distributions the run trains from (None without ``loss.kd_cache`` or KD term):
     the cache file's metadata when it exists (the table is not read), else ``score.teacher_top_k`` (planning
-    before scoring). ``ConfigError`` when neither gives it, or ``loss.kd_top_k`` exceeds it."""
+    before scoring). ``ConfigError`` when neither gives it, ``loss.kd_top_k`` exceeds it, or the run's other
+    settings cannot train from a cache (``kd_cache.check_settings``), as training would refuse."""
     loss = config.loss
     if not loss.kd_cache or loss.kd_weight == 0:
         return None
+    kd_cache.check_settings(loss, config.eval_data)
     if Path(loss.kd_cache).is_file():
-        k = int(read_record(loss.kd_cache)["k"])
+        k = int(kd_cache.read_record(loss.kd_cache)["k"])
     elif config.score.teacher_top_k > 0:
         k = config.score.teacher_top_k
     else:
         raise ConfigError(f"loss.kd_cache={loss.kd_cache}: no such file yet, so its k is unknown; write it with "
                           "`jaxalign score` first or set score.teacher_top_k=K (the k it will be written with)")
-    check_kd_top_k(loss, k)
+    kd_cache.check_top_k(loss, k)
     return k
 
 
@@ -186,7 +187,7 @@ def synthetic_batch(config: Config, task: str, rows: int, extras: tuple[str, ...
                         max_length=d.max_length, eos_id=1, pairwise_ids=pieces)
     batch = collator([(i,) for i in range(rows)])
     batch.pop("row_id")
-    for side in kd_cache_sides(config.loss) if kd_k else ():
+    for side in kd_cache.batch_sides(config.loss) if kd_k else ():
         T = batch[f"{side}_input_ids"].shape[1]
         batch[f"{side}_topk_ids"] = np.zeros((rows, T, kd_k), np.int32)
         batch[f"{side}_topk_logps"] = np.zeros((rows, T, kd_k), np.float32)

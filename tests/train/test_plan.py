@@ -117,3 +117,12 @@ def test_kd_cache_k_from_the_file_s_metadata_else_score_teacher_top_k(tmp_path):
 def test_kd_cache_k_unknown_is_refused_naming_loss_kd_cache(tmp_path):
     with pytest.raises(ConfigError, match=r"loss.kd_cache=.*score.teacher_top_k"):
         kd_cache_k(_kd_config(tmp_path))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.kd_temperature=2.0", r"kd_cache=.*temperature-1 log-probs; loss.kd_temperature=2.0"),
+    ("eval_data=heldout.jsonl", r"kd_cache=.*covers data.path only, not eval_data=heldout.jsonl"),
+])
+def test_kd_cache_plan_refuses_what_training_would_refuse(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        kd_cache_k(_kd_config(tmp_path, "score.teacher_top_k=4", override))
