@@ -3,7 +3,8 @@ localhost, launched by ``launch/local_multiprocess.sh``) train with the same los
 as 1 process x 8 devices (this test process). ``train`` splits the batch over the global data axis
 (``mesh.data=8``); ``generate`` and ``score`` shard the models over the global mesh across the processes
 (``mesh.fsdp=4 mesh.tensor=2``: each process holds half of every fsdp-sharded weight); a 2-process run
-stopped by SIGTERM resumes, with another process count, to the same rows, each exactly once. One 2-process
+stopped by SIGTERM resumes, with another process count, to the same rows, each exactly once, and the same
+teacher top-k cache (each process writes the parts of its rows; the resumed run joins them). One 2-process
 launch serves every test (``train``, then ``generate`` whole, then ``score`` stopped), as each launch costs
 two jax starts (~30 s).
 """
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from jaxalign.config import load_config
+from jaxalign.data.kd_cache import read_record
 from jaxalign.pipeline.generate import run_generate
 from jaxalign.pipeline.score import run_score
 from jaxalign.train.trainer import train
@@ -57,6 +59,7 @@ def setup(tiny_models, preference_data, byte_tokenizer_dir, tmp_path_factory, su
         f"model.path={student}", f"teacher.path={teacher}", "data.max_length=64", "data.max_prompt_length=40",
         "data.buckets=[64]", "logging.progress_bar=false", "generate.max_new_tokens=4", "generate.batch_size=8",
         "generate.temperature=0", f"generate.prompts={prompts}", f"score.input={prefs}", "score.batch_size=8",
+        "score.teacher_logps=true", "score.teacher_top_k=4",
         "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2",
     ]
     train_overrides = [o for o in tiny_overrides(preference_data, byte_tokenizer_dir, root)
@@ -147,15 +150,35 @@ def test_sigterm_stops_both_processes_and_a_rerun_with_one_completes_exactly(two
     assert [p.name for p in parts] == ["score.jsonl.part-0-of-2.jsonl", "score.jsonl.part-1-of-2.jsonl"]
     written = [r["row"] for p in parts for r in _rows(p)]
     assert len(written) == len(set(written)) < PROMPTS
+    cache_parts = {p.name.split("-r")[0] for p in (out / "score.teacher_topk.parquet.partial").iterdir()}
+    assert cache_parts == {"part-p0", "part-p1"}  # each process wrote its rows' cache entries
 
     # Another process count (1 x 8, this process): the parts are folded in and only the other rows scored.
     resumed = _one_process(setup[1], out, ("score",))["score"]
     assert (resumed.rows, resumed.new_rows, resumed.interrupted) == (PROMPTS, PROMPTS - len(written), False)
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("score")) == ["score.jsonl", "score.jsonl.provenance.json"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("score")) == [
+        "score.jsonl", "score.jsonl.provenance.json", "score.teacher_topk.parquet"]
     scored, reference = _rows(out / "score.jsonl"), _rows(single / "score.jsonl")
     assert len(scored) == len(reference) == PROMPTS  # each row once, in the input's order
     for row, ref in zip(scored, reference):
         assert {k: v for k, v in row.items() if not k.endswith("_logps")} == {k: v for k, v in ref.items() if not k.endswith("_logps")}
         # float32 sums of ~60 token log-probs whose tensor-parallel reductions run through gloo: equal to a few ulp
-        np.testing.assert_allclose([row["ref_chosen_logps"], row["ref_rejected_logps"]],
-                                   [ref["ref_chosen_logps"], ref["ref_rejected_logps"]], rtol=1e-6, atol=1e-5)
+        logps = [k for k in ref if k.endswith("_logps")]
+        assert sorted(logps) == ["ref_chosen_logps", "ref_rejected_logps", "teacher_chosen_logps", "teacher_rejected_logps"]
+        np.testing.assert_allclose([row[k] for k in logps], [ref[k] for k in logps], rtol=1e-6, atol=1e-5)
+    _assert_same_cache(out / "score.teacher_topk.parquet", single / "score.teacher_topk.parquet")
+
+
+def _assert_same_cache(path, reference):
+    """The same rows, in order, with the same response tokens and top-k ids; log-probs equal to float noise."""
+    import pyarrow.parquet as pq
+
+    got, want = pq.read_table(path), pq.read_table(reference)
+    assert got.num_rows == want.num_rows == PROMPTS and got.column_names == want.column_names
+    assert read_record(path)["responses"] == read_record(reference)["responses"]
+    for name in got.column_names:
+        a, b = got.column(name).to_pylist(), want.column(name).to_pylist()
+        if name.endswith(("_logps", "_residual")):
+            np.testing.assert_allclose(np.concatenate(a), np.concatenate(b), rtol=1e-5, atol=1e-5, err_msg=name)
+        else:
+            assert a == b, name
