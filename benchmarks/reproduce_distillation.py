@@ -801,8 +801,8 @@ def markdown(summary: dict, plan: dict, size: Size, seconds: float | None) -> st
 
 
 def plot(summary: dict, runs: dict[str, list[Path]], out: Path) -> list[Path]:
-    """One PNG per measure (a line per method over steps, ± sd band; the pruned student dashed) and one of the
-    trainer's per-step batch metrics (mean over seeds)."""
+    """One PNG per measure (a line per method over steps, ± sd band; the pruned student dashed), one of the paired
+    differences against dDPO (``_plot_paired``) and one of the trainer's per-step batch metrics (mean over seeds)."""
     try:
         import matplotlib
 
@@ -837,6 +837,7 @@ def plot(summary: dict, runs: dict[str, list[Path]], out: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    written.append(_plot_paired(summary, out, plt))
     keys = ("logps/chosen", "logps/rejected", "rewards/margins", "loss")
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
     for name, files in sorted(runs.items()):
@@ -857,6 +858,33 @@ def plot(summary: dict, runs: dict[str, list[Path]], out: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return written + [path]
+
+
+PAIRED_PLOT = ("kl_to_teacher", "teacher_logp_per_token")
+
+
+def _plot_paired(summary: dict, out: Path, plt) -> Path:
+    """The paired differences method − dDPO over training on ``PAIRED_PLOT``'s measures: a line per method with
+    two or more seeds, its 95% t-interval as error bars, 0 marked (the seed-to-seed spread of the per-measure
+    plots hides differences this size)."""
+    fig, axes = plt.subplots(1, len(PAIRED_PLOT), figsize=(5.5 * len(PAIRED_PLOT), 3.6))
+    for ax, key in zip(axes, PAIRED_PLOT):
+        for name in sorted({r["method"] for r in summary["paired_vs_ddpo"]}):
+            rows = [r for r in summary["paired_vs_ddpo"] if r["method"] == name and r.get(key, {}).get("n", 0) > 1]
+            if rows:
+                m = np.array([r[key]["mean"] for r in rows])
+                err = np.array([[r[key]["mean"] - r[key]["low"], r[key]["high"] - r[key]["mean"]] for r in rows]).T
+                ax.errorbar([r["step"] for r in rows], m, yerr=err, marker="o", ms=3, capsize=3, label=f"{name} − ddpo")
+        ax.axhline(0, color="grey", lw=1)
+        ax.set_title(f"{MEASURES[key][0]}: paired difference, 95% interval", fontsize=8)
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out.with_name(f"{out.name}_paired_vs_ddpo.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_results(study: Study, plan: dict, seconds: float | None, out: Path) -> dict:

@@ -186,7 +186,9 @@ def test_report_writes_the_results_of_the_finished_units(study, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["method"], r["step"]): r["kl_to_teacher"] for r in results["table"]}
     assert rows["ddpo", 0]["seeds"] == 2 and rows["ddpo", 2] == {"mean": pytest.approx(1.8), "sd": 0.0, "seeds": 1}
-    assert "| dadpo-0.01 − ddpo | 2 | 1.00 | -0.1000 (1 seed) |" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "| dadpo-0.01 − ddpo | 2 | 1.00 | -0.1000 (1 seed) |" in md
+    assert "(results_paired_vs_ddpo.png)" in md and (tmp_path / "results_paired_vs_ddpo.png").is_file()
     assert not (tmp_path / "train").exists()  # nothing trained
 
 
