@@ -70,6 +70,7 @@ MEASURES = {  # key -> (title, higher is closer to the teacher?)
     "logp_chosen": ("log π(chosen) on training pairs", None),
     "logp_rejected": ("log π(rejected) on training pairs", None),
     "margin_minus_teacher": ("mean Δθ − Δte on training pairs", None),
+    "corr_margin_teacher": ("corr(Δθ, Δte) over training pairs", None),
 }
 
 
@@ -779,7 +780,7 @@ def _ci(x: dict | None, digits: int = 4) -> str:
 
 def markdown(summary: dict, plan: dict, size: Size, seconds: float | None) -> str:
     cols = [("kl_to_teacher", 4), ("teacher_logp_per_token", 3), ("length", 1), ("distinct2", 3), ("sigma_neg_z", 3),
-            ("logp_chosen", 1), ("logp_rejected", 1), ("margin_minus_teacher", 1)]
+            ("logp_chosen", 1), ("logp_rejected", 1), ("margin_minus_teacher", 1), ("corr_margin_teacher", 3)]
     lines = [f"Sizes: {json.dumps(dataclasses.asdict(size))}", "",
              f"β (dDPO, daDPO β_ref) {plan['beta']:g}; β_teacher grid {plan['beta_teacher']}:", "", "```", plan["why"], "```", "",
              f"{plan['usable_pairs']} pairs, {plan['steps_per_epoch']} steps per epoch; step 0 is the dSFT student "
