@@ -37,6 +37,22 @@ class StopAfterFirstBatch:
         return False
 
 
+def assert_same_topk_cache(path, reference, tol: float) -> None:
+    """Two top-k cache files hold the same rows in the same order: equal row ids, response tokens and top-k ids;
+    log-probs and residuals within ``tol``."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    got, want = pq.read_table(path), pq.read_table(reference)
+    assert got.column_names == want.column_names and got.num_rows == want.num_rows
+    for name in want.column_names:
+        a, b = got.column(name).to_pylist(), want.column(name).to_pylist()
+        if name.endswith(("_logps", "_residual")):
+            np.testing.assert_allclose(np.concatenate(a), np.concatenate(b), rtol=tol, atol=tol, err_msg=name)
+        else:
+            assert a == b, name
+
+
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

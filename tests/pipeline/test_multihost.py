@@ -24,7 +24,7 @@ from jaxalign.data.kd_cache import read_record
 from jaxalign.pipeline.generate import run_generate
 from jaxalign.pipeline.score import run_score
 from jaxalign.train.trainer import train
-from tests.pipeline.conftest import sigterm_at, write_jsonl
+from tests.pipeline.conftest import assert_same_topk_cache, sigterm_at, write_jsonl
 from tests.train.conftest import byte_tokenizer_dir, preference_data, synthetic_preferences, tiny_overrides  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,19 +166,8 @@ def test_sigterm_stops_both_processes_and_a_rerun_with_one_completes_exactly(two
         logps = [k for k in ref if k.endswith("_logps")]
         assert sorted(logps) == ["ref_chosen_logps", "ref_rejected_logps", "teacher_chosen_logps", "teacher_rejected_logps"]
         np.testing.assert_allclose([row[k] for k in logps], [ref[k] for k in logps], rtol=1e-6, atol=1e-5)
-    _assert_same_cache(out / "score.teacher_topk.parquet", single / "score.teacher_topk.parquet")
+    cache, reference_cache = out / "score.teacher_topk.parquet", single / "score.teacher_topk.parquet"
+    assert read_record(cache)["rows"] == PROMPTS
+    assert read_record(cache)["responses"] == read_record(reference_cache)["responses"]
+    assert_same_topk_cache(cache, reference_cache, tol=1e-5)
 
-
-def _assert_same_cache(path, reference):
-    """The same rows, in order, with the same response tokens and top-k ids; log-probs equal to float noise."""
-    import pyarrow.parquet as pq
-
-    got, want = pq.read_table(path), pq.read_table(reference)
-    assert got.num_rows == want.num_rows == PROMPTS and got.column_names == want.column_names
-    assert read_record(path)["responses"] == read_record(reference)["responses"]
-    for name in got.column_names:
-        a, b = got.column(name).to_pylist(), want.column(name).to_pylist()
-        if name.endswith(("_logps", "_residual")):
-            np.testing.assert_allclose(np.concatenate(a), np.concatenate(b), rtol=1e-5, atol=1e-5, err_msg=name)
-        else:
-            assert a == b, name
