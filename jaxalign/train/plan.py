@@ -37,8 +37,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxalign.config.presets import preset_hf_config
 from jaxalign.config.schema import Config, ConfigError, ModelSpec
-from jaxalign.data.collate import Collator, Examples
 from jaxalign.data import kd_cache
+from jaxalign.data.collate import Collator, Examples
 from jaxalign.models import ModelConfig, init_model
 from jaxalign.models.lora import LoraSpec, add_lora, split_trainable
 from jaxalign.objectives import ObjectiveContext, get_objective, needs_model
