@@ -17,11 +17,16 @@ from jaxalign.config.model import ModelSpec
 from jaxalign.losses.rdo import RDO_TRANSFORMS
 from jaxalign.ops.distill import DIVERGENCES as KD_DIVERGENCES
 
-__all__ = ["KD_ON", "LossCommon", "ObjectiveConfig", "RDOConfig", "RDO_SOURCES"]
+__all__ = ["KD_ON", "LossCommon", "kd_sides", "ObjectiveConfig", "RDOConfig", "RDO_SOURCES"]
 
 RDO_SOURCES = ("difference_model", "reward_model", "dataset")
 #: Responses the token-level distillation term runs on.
 KD_ON = ("chosen", "rejected", "both")
+
+
+def kd_sides(kd_on: str) -> tuple[str, ...]:
+    """The responses ``loss.kd_on`` selects, in pair order: ("chosen",), ("rejected",) or both."""
+    return ("chosen", "rejected") if kd_on == "both" else (kd_on,)
 
 
 def _objective_names() -> tuple[str, ...]:

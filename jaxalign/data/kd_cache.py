@@ -31,19 +31,15 @@ from jaxalign.data.errors import DataError
 from jaxalign.errors import ConfigError
 from jaxalign.io.atomic import atomic_path
 
-__all__ = ["METADATA_KEY", "SIDES", "TopKCache", "TopKCacheWriter", "batch_sides", "check_settings", "check_top_k",
+__all__ = ["CONFIG_KEY", "METADATA_KEY", "SIDES", "TopKCache", "TopKCacheWriter", "check_settings", "check_top_k",
            "read_record", "response_targets", "responses_digest"]
 
 #: Key of the record in the Parquet schema metadata.
 METADATA_KEY = b"jaxalign.kd_cache"
 SIDES = ("chosen", "rejected")
 _FIELDS = ("targets", "topk_ids", "topk_logps", "topk_residual")
-_KEY = "loss.kd_cache"
-
-
-def batch_sides(loss) -> tuple[str, ...]:
-    """The sides whose cached top-k arrays a batch carries: those of ``loss.kd_on``."""
-    return SIDES if loss.kd_on == "both" else (loss.kd_on,)
+#: The config key that names a cache for training (what errors about it cite).
+CONFIG_KEY = "loss.kd_cache"
 
 
 def check_settings(loss, eval_data: str | None) -> None:
@@ -51,17 +47,17 @@ def check_settings(loss, eval_data: str | None) -> None:
     other than 1 or a set ``eval_data``."""
     path = loss.kd_cache
     if loss.kd_temperature != 1:
-        raise ConfigError(f"{_KEY}={path} holds temperature-1 log-probs; loss.kd_temperature={loss.kd_temperature} "
+        raise ConfigError(f"{CONFIG_KEY}={path} holds temperature-1 log-probs; loss.kd_temperature={loss.kd_temperature} "
                           "needs the teacher in the step (unset loss.kd_cache) or set loss.kd_temperature=1")
     if eval_data:
-        raise ConfigError(f"{_KEY}={path} covers data.path only, not eval_data={eval_data}; unset eval_data "
+        raise ConfigError(f"{CONFIG_KEY}={path} covers data.path only, not eval_data={eval_data}; unset eval_data "
                           "(evaluate with the `eval` stage) or unset loss.kd_cache")
 
 
 def check_top_k(loss, k: int) -> None:
     """``loss.kd_top_k`` can use at most the cache's ``k`` entries per position (``ConfigError`` otherwise)."""
     if loss.kd_top_k > k:
-        raise ConfigError(f"loss.kd_top_k={loss.kd_top_k} exceeds the k={k} of {_KEY}={loss.kd_cache}")
+        raise ConfigError(f"loss.kd_top_k={loss.kd_top_k} exceeds the k={k} of {CONFIG_KEY}={loss.kd_cache}")
 
 
 def response_targets(examples: Examples, i: int, side: str) -> np.ndarray:
@@ -186,7 +182,7 @@ def _unreadable(path: Path, key: str, e: Exception) -> DataError:
     return DataError(f"{key}={path}: not a readable Parquet file ({type(e).__name__}: {e})")
 
 
-def read_record(path: str | Path, *, key: str = "loss.kd_cache") -> dict:
+def read_record(path: str | Path, *, key: str = CONFIG_KEY) -> dict:
     """A cache file's metadata record (``k``, ``vocab_size``, ...), read from the Parquet footer only: no
     table is loaded (``jaxalign plan`` sizes the top-k arrays from it)."""
     import pyarrow.parquet as pq
@@ -208,7 +204,7 @@ class TopKCache:
     tokens the cache was made from); then ``arrays`` builds a batch's ``[B, T, k]`` arrays.
     """
 
-    def __init__(self, path: str | Path, *, key: str = "loss.kd_cache"):
+    def __init__(self, path: str | Path, *, key: str = CONFIG_KEY):
         import pyarrow.parquet as pq
 
         self.path, self.key = Path(path), key

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxalign.config.loss import KD_ON
+from jaxalign.config.loss import KD_ON, kd_sides
 from jaxalign.losses import composite_loss, sft_loss
 from jaxalign.losses._common import safe_div
 from jaxalign.ops import cached_distill_loss, token_distill_loss
@@ -47,7 +47,7 @@ __all__ = [
 Totals = dict[str, jax.Array]
 
 #: loss.kd_on -> the row prefixes the distillation term runs on.
-KD_SIDES = dict(zip(KD_ON, (("chosen_",), ("rejected_",), ("chosen_", "rejected_"))))
+KD_SIDES = {on: tuple(f"{side}_" for side in kd_sides(on)) for on in KD_ON}
 
 
 @dataclasses.dataclass

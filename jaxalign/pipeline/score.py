@@ -39,6 +39,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxalign.config.loss import kd_sides
 from jaxalign.config.schema import Config, ConfigError
 from jaxalign.data import DataError, kd_cache, prepare
 from jaxalign.data.kd_cache import TopKCache, TopKCacheWriter
@@ -175,7 +176,7 @@ def attach_kd_cache(config: Config, spec, data, vocab_size: int) -> TopKCache | 
     temperature-1 log-probs of ``data.path`` only: ``loss.kd_temperature`` must be 1 and ``eval_data`` unset."""
     from jaxalign.train.provenance import check_match, data_settings, spec_fingerprint
 
-    loss, path, key = config.loss, config.loss.kd_cache, "loss.kd_cache"
+    loss, path, key = config.loss, config.loss.kd_cache, kd_cache.CONFIG_KEY
     if not path or loss.kd_weight == 0:
         return None
     if not spec.extra_terms or spec.task != "preference":
@@ -193,7 +194,7 @@ def attach_kd_cache(config: Config, spec, data, vocab_size: int) -> TopKCache | 
             current["teacher"] = spec_fingerprint(config.teacher)
         check_match(f"{key}={path}", {k: cache.record.get(k) for k in current}, current, regenerate=regenerate)
     cache.match(data.examples, data.describe_row)
-    data.collator.use_topk(cache, kd_cache.batch_sides(loss))
+    data.collator.use_topk(cache, kd_sides(loss.kd_on))
     log.info("train: token-level distillation from %s (k=%d, %d rows)", path, cache.k, cache.record.get("rows", -1))
     return cache
 

@@ -35,6 +35,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxalign.config.loss import kd_sides
 from jaxalign.config.presets import preset_hf_config
 from jaxalign.config.schema import Config, ConfigError, ModelSpec
 from jaxalign.data import kd_cache
@@ -160,7 +161,7 @@ def kd_cache_k(config: Config) -> int | None:
     elif config.score.teacher_top_k > 0:
         k = config.score.teacher_top_k
     else:
-        raise ConfigError(f"loss.kd_cache={loss.kd_cache}: no such file yet, so its k is unknown; write it with "
+        raise ConfigError(f"{kd_cache.CONFIG_KEY}={loss.kd_cache}: no such file yet, so its k is unknown; write it with "
                           "`jaxalign score` first or set score.teacher_top_k=K (the k it will be written with)")
     kd_cache.check_top_k(loss, k)
     return k
@@ -187,7 +188,7 @@ def synthetic_batch(config: Config, task: str, rows: int, extras: tuple[str, ...
                         max_length=d.max_length, eos_id=1, pairwise_ids=pieces)
     batch = collator([(i,) for i in range(rows)])
     batch.pop("row_id")
-    for side in kd_cache.batch_sides(config.loss) if kd_k else ():
+    for side in kd_sides(config.loss.kd_on) if kd_k else ():
         T = batch[f"{side}_input_ids"].shape[1]
         batch[f"{side}_topk_ids"] = np.zeros((rows, T, kd_k), np.int32)
         batch[f"{side}_topk_logps"] = np.zeros((rows, T, kd_k), np.float32)
